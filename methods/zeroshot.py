@@ -1,0 +1,25 @@
+"""Zero-shot CLIP: cosine similarity between the image and "a photo of a {class}." (no adaptation)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ueobench.clip_ops import encode_images, encode_texts, prompt_texts
+from ueobench.method import AdaptContext, Method, Options, register_method
+
+
+@register_method("zeroshot")
+class ZeroShot(Method):
+    @dataclass
+    class Options(Options):
+        prompt: str | None = None  # None: the dataset's prompt from its protocol file
+
+    def setup(self, backbone, class_names: list[str], context: AdaptContext) -> None:
+        super().setup(backbone, class_names, context)
+        self.template = self.options.prompt or context.prompt
+        self.text = encode_texts(backbone, prompt_texts(self.template, class_names))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return encode_images(self.backbone, images) @ self.text.T

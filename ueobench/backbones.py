@@ -1,0 +1,163 @@
+"""Backbones: any open_clip architecture and weights, named ``ARCH:WEIGHTS``.
+
+``WEIGHTS`` is an open_clip pretrained tag (``ViT-B-16:openai``), a local checkpoint path
+(``RN50:/ckpt/rn50.safetensors``) or ``random`` (only when asked for by name). ``hf-hub:org/repo`` and
+``local-dir:/path`` name a model and its weights at once. Weights that cannot be had are an error, never a
+silent fallback to random weights.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UeobenchError
+from .registry import suggest
+
+SCHEMES = ("hf-hub:", "local-dir:")
+_CONFIGS_ADDED = False
+
+
+def register_model_configs() -> None:
+    """Make ueobench's tiny architectures known to open_clip (idempotent)."""
+    global _CONFIGS_ADDED
+    if _CONFIGS_ADDED:
+        return
+    import open_clip
+
+    open_clip.add_model_config(Path(str(resources.files("ueobench.model_configs"))))
+    _CONFIGS_ADDED = True
+
+
+def builtin_architectures() -> list[str]:
+    return sorted(Path(f.name).stem for f in resources.files("ueobench.model_configs").iterdir() if f.name.endswith(".json"))
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    arch: str
+    weights: str | None  # None: weights come with the scheme (hf-hub:, local-dir:)
+
+    @property
+    def name(self) -> str:
+        return self.arch if self.weights is None else f"{self.arch}:{self.weights}"
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == "random"
+
+
+def parse_spec(spec: str) -> BackboneSpec:
+    spec = spec.strip()
+    if spec.startswith(SCHEMES):
+        return BackboneSpec(spec, None)
+    arch, sep, weights = spec.partition(":")
+    if not sep or not arch or not weights:
+        raise UeobenchError(
+            f"backbone '{spec}' names no weights; use ARCH:TAG (e.g. ViT-B-16:openai), ARCH:/path/to/checkpoint, "
+            f"ARCH:random, or hf-hub:ORG/REPO (ueobench list backbones)"
+        )
+    return BackboneSpec(arch, weights)
+
+
+@dataclass
+class Backbone:
+    """An open_clip model with its tokenizer and eval transform."""
+
+    spec: BackboneSpec
+    model: torch.nn.Module
+    tokenizer: Any
+    preprocess: Any  # the model's own CLIP eval transform
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict[str, Any]
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp().item())
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
+    import open_clip
+
+    register_model_configs()
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    pretrained: str | None = None
+    if s.weights is not None:
+        if s.arch not in open_clip.list_models():
+            raise UeobenchError(
+                f"unknown backbone architecture '{s.arch}'{suggest(s.arch, open_clip.list_models())} "
+                f"(ueobench list backbones)"
+            )
+        if s.weights != "random":
+            pretrained = s.weights
+            looks_like_path = os.sep in s.weights or s.weights.endswith((".pt", ".pth", ".bin", ".safetensors"))
+            if looks_like_path and not Path(s.weights).expanduser().is_file():
+                raise UeobenchError(f"checkpoint {s.weights} not found; pass an existing file as {s.arch}:/path/to/weights")
+            if looks_like_path:
+                pretrained = str(Path(s.weights).expanduser())
+            elif s.weights not in open_clip.list_pretrained_tags_by_model(s.arch):
+                tags = open_clip.list_pretrained_tags_by_model(s.arch) + ["random"]
+                raise UeobenchError(f"unknown weights '{s.weights}' for {s.arch}{suggest(s.weights, tags)}")
+    log = logging.getLogger()
+    level = log.level
+    try:
+        if s.is_random:  # asked for by name; open_clip's "initialized randomly" warning adds nothing
+            log.setLevel(logging.ERROR)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            s.arch, pretrained=pretrained, device=device, weights_only=True
+        )
+    except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError, OSError, HF errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UeobenchError(
+            f"cannot load backbone '{s.name}' ({first}); without network access, download the weights once "
+            f"elsewhere and pass a local file as ARCH:/path/to/weights.safetensors"
+        ) from None
+    finally:
+        log.setLevel(level)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(s.arch)
+    pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+    size = pp.get("size", model.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    info = {
+        "backbone": s.name,
+        "arch": s.arch,
+        "weights": s.weights,
+        "random_weights": s.is_random,
+        "quick_gelu": bool(getattr(model, "quick_gelu", False)) or _uses_quick_gelu(model),
+        "image_size": int(size),
+        "interpolation": pp.get("interpolation", "bicubic"),
+        "resize_mode": pp.get("resize_mode", "shortest"),
+        "mean": list(pp.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+        "std": list(pp.get("std", (0.26862954, 0.26130258, 0.27577711))),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    return Backbone(s, model, tokenizer, preprocess, int(size), tuple(info["mean"]), tuple(info["std"]), info)
+
+
+def _uses_quick_gelu(model: torch.nn.Module) -> bool:
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def list_backbones() -> list[dict[str, str]]:
+    """Every (architecture, weights) pair open_clip knows, plus ueobench's tiny architectures."""
+    import open_clip
+
+    register_model_configs()
+    rows = [{"backbone": f"{a}:random", "source": "ueobench tiny architecture (random weights)"} for a in builtin_architectures()]
+    for arch, tag in open_clip.list_pretrained():
+        rows.append({"backbone": f"{arch}:{tag}", "source": "open_clip pretrained (downloads on first use)"})
+    return rows

@@ -1,0 +1,213 @@
+"""The ``ueobench`` command line: thin wrappers over the Python API."""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from . import api
+from .errors import UeobenchError
+from .metrics import METRICS
+from .protocols import SHIFTS
+from .scores import DEFAULT_RULE, RULES_DOC
+
+
+class _Group(click.Group):
+    """Turns every UeobenchError into a one-line ``Error: ...`` and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UeobenchError as e:
+            raise _UserError(str(e)) from None
+
+
+class _UserError(click.ClickException):
+    exit_code = 2
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        key, sep, val = v.partition("=")
+        if not sep or not key.strip():
+            raise UeobenchError(f"--set expects key=value, got {v!r}")
+        out[key.strip()] = val.strip()
+    return out
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--plugins", multiple=True, type=click.Path(file_okay=False), help="Folder of method plugin files (repeatable).")
+@click.version_option(package_name="ueobench")
+def cli(plugins: tuple[str, ...]) -> None:
+    """Benchmark unsupervised CLIP fine-tuning under category shift."""
+    for p in plugins:
+        api.add_plugin_folder(p)
+
+
+def _fmt(v: Any) -> str:
+    return "–" if v is None else f"{100 * v:.2f}"
+
+
+@cli.command()
+@click.option("--method", required=True, help="Method name (ueobench list methods).")
+@click.option("--protocol", required=True, type=click.Choice(SHIFTS), help="Category shift.")
+@click.option("--domain", required=True, help="Target domain, e.g. clipart.")
+@click.option("--dataset", default=None, help="Dataset; needed only when several configured datasets share the domain.")
+@click.option("--backbone", default=None, help="ARCH:WEIGHTS, e.g. ViT-B-16:openai; default: the dataset's.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--epochs", default=None, type=int, help="Shorthand for --set epochs=N.")
+@click.option("--batch-size", default=None, type=int, help="Shorthand for --set batch_size=N (adaptation batch).")
+@click.option("--eval-batch-size", default=256, show_default=True, type=int)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a method option (repeatable).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-root", default=None, help="Folder holding the datasets (else $UEOBENCH_DATA, else ueobench.toml).")
+@click.option("--results", default="results", show_default=True, help="Run store.")
+@click.option("--score", default="mcm", show_default=True, help="OOD score (ueobench list scores).")
+@click.option("--rule", default=DEFAULT_RULE, show_default=True, help="Label-free H-score rejection rule: nent:TAU or kmeans2.")
+@click.option("--workers", default=None, type=int, help="Data loader workers (default 0 on CPU, 4 on CUDA).")
+@click.option("--force", is_flag=True, help="Rerun even if an identical finished run exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
+def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: str | None, seed: int,
+        epochs: int | None, batch_size: int | None, eval_batch_size: int, sets: tuple[str, ...], device: str,
+        data_root: str | None, results: str, score: str, rule: str, workers: int | None, force: bool,
+        as_json: bool) -> None:
+    """Adapt one method on one target domain and record its metrics."""
+    options = _parse_sets(sets)
+    if epochs is not None:
+        options["epochs"] = str(epochs)
+    if batch_size is not None:
+        options["batch_size"] = str(batch_size)
+    res = api.run(method=method, protocol=protocol, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
+                  options=options, eval_batch_size=eval_batch_size, device=device, data_root=data_root,
+                  results=results, score=score, rule=rule, workers=workers, force=force)
+    rec = res.record
+    if as_json:
+        click.echo(json.dumps(rec, indent=1, sort_keys=True))
+        return
+    cfg = rec["config"]
+    if rec["backbone"].get("random_weights"):
+        click.echo("warning: random backbone weights: these numbers measure nothing but the harness", err=True)
+    state = "already done, reused (pass --force to rerun)" if res.skipped else "done"
+    click.echo(f"{cfg['method']} | {cfg['dataset']}/{cfg['shift']}/{cfg['domain']} | {cfg['backbone']} | seed {cfg['seed']}: {state}")
+    click.echo(f"record: {res.path}")
+    for split in ("test", "target"):
+        m = rec["metrics"][split]
+        parts = "  ".join(f"{k} {_fmt(m.get(k))}" for k in METRICS)
+        click.echo(f"  {split:<6} {parts}   (n={m['n']}, unknown={m['n_unknown']})")
+
+
+@cli.command()
+@click.option("--results", default="results", show_default=True)
+@click.option("--metric", default="acc", show_default=True, type=click.Choice(METRICS))
+@click.option("--dataset", default=None)
+@click.option("--protocol", default=None, type=click.Choice(SHIFTS))
+@click.option("--backbone", default=None)
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target"]))
+def table(results: str, metric: str, dataset: str | None, protocol: str | None, backbone: str | None, split: str) -> None:
+    """Print a markdown leaderboard (methods x domains) from the stored runs."""
+    click.echo(api.table(results=results, metric=metric, dataset=dataset, protocol=protocol, backbone=backbone,
+                         split=split), nl=False)
+
+
+@cli.group(name="list", cls=_Group)
+def list_() -> None:
+    """List methods, backbones, datasets or scores."""
+
+
+@list_.command("methods")
+def list_methods() -> None:
+    for name, info in api.describe_methods().items():
+        click.echo(f"{name:<12} {info['adaptation']:<13} {info['summary']}")
+
+
+@list_.command("backbones")
+@click.option("--all", "show_all", is_flag=True, help="Also list every open_clip pretrained tag.")
+def list_backbones(show_all: bool) -> None:
+    rows = api.list_backbones()
+    for r in rows if show_all else [r for r in rows if "ueobench" in r["source"]] + rows[len(api.builtin_architectures()):][:0]:
+        click.echo(f"{r['backbone']:<48} {r['source']}")
+    if not show_all:
+        click.echo(f"... and {len(rows) - len(api.builtin_architectures())} open_clip pretrained backbones "
+                   f"(ARCH:TAG, e.g. ViT-B-16:openai, RN50:openai); see them with --all")
+
+
+@list_.command("datasets")
+def list_datasets() -> None:
+    for name in api.list_datasets():
+        p = api.load_protocol(name)
+        doms = ", ".join(d.name for d in p.domains)
+        click.echo(f"{name:<11} {len(p.classes):>4} classes  domains: {doms}")
+
+
+@list_.command("scores")
+def list_scores() -> None:
+    for name in api.SCORES.names():
+        s = api.SCORES.get(name)
+        click.echo(f"{name:<9} T={s.temperature:<28} {s.doc}")
+    click.echo("\nH-score rejection rules (--rule):")
+    for k, v in RULES_DOC.items():
+        click.echo(f"{k:<9} {v}")
+
+
+@cli.group(cls=_Group)
+def show() -> None:
+    """Show a protocol's class roles."""
+
+
+@show.command("protocol")
+@click.argument("dataset")
+@click.argument("shift", type=click.Choice(SHIFTS))
+@click.option("--json", "as_json", is_flag=True)
+def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
+    roles = api.show_protocol(dataset, shift)
+    if as_json:
+        click.echo(json.dumps(roles, indent=1))
+        return
+    click.echo(f"{roles['dataset']} / {shift}: {roles['num_classes']} classes")
+    for role, doc in (("known", "prompted"), ("target", "present in the adaptation data"),
+                      ("unknown", "present but not known"), ("absent", "known but not present")):
+        names = roles[role]
+        click.echo(f"\n{role} ({doc}): {len(names)}")
+        click.echo("  " + (", ".join(names) if names else "(none)"))
+
+
+@cli.group(cls=_Group)
+def data() -> None:
+    """Inspect datasets on disk."""
+
+
+@data.command("check")
+@click.option("--dataset", required=True)
+@click.option("--domain", default=None, help="One domain (default: every domain).")
+@click.option("--protocol", default="opda", show_default=True, type=click.Choice(SHIFTS), help="Shift that defines the roles.")
+@click.option("--data-root", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def data_check(dataset: str, domain: str | None, protocol: str, data_root: str | None, as_json: bool) -> None:
+    """Count images per split and role, and list missing or unreadable files."""
+    reports = api.check_data(dataset, domain=domain, protocol=protocol, data_root=data_root)
+    if as_json:
+        click.echo(json.dumps(reports, indent=1))
+    else:
+        for r in reports:
+            click.echo(f"{r['dataset']}/{r['domain']} ({r['source']}: {r['location']}), roles under {r['shift']}")
+            for split, c in r["splits"].items():
+                click.echo(f"  {split:<6} {c['images']:>7} images  known {c['known']:>7}  unknown {c['unknown']:>7}  classes {c['classes']}")
+            for kind in ("missing", "unreadable"):
+                click.echo(f"  {kind}: {len(r[kind])}")
+                for f in r[kind][:20]:
+                    click.echo(f"    {f}")
+                if len(r[kind]) > 20:
+                    click.echo(f"    ... and {len(r[kind]) - 20} more")
+    if any(r["missing"] or r["unreadable"] for r in reports):
+        sys.exit(1)
+
+
+def main() -> None:
+    cli(prog_name="ueobench")
+
+
+if __name__ == "__main__":
+    main()

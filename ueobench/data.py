@@ -1,0 +1,386 @@
+"""Image sources (image lists, folder trees, Hugging Face datasets) and the benchmark's label remapping.
+
+Every source yields the same thing: a list of ``Entry`` (where the image is, its class index in the protocol
+file). ``load_domain`` then filters the adaptation split to the shift's target classes and remaps labels as
+the reference code does: known classes 0..K-1, every other class >= K.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from . import settings, shapes
+from .errors import DataError, UeobenchError
+from .protocols import Domain, Protocol, Split
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("adapt", "test")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image: ``ref`` is a file path, or a row index into a Hugging Face dataset."""
+
+    ref: str | int
+    label: int  # class index in the protocol file
+
+
+@dataclass
+class DomainData:
+    """The raw entries of one domain, before any shift is applied."""
+
+    dataset: str
+    domain: str
+    source: str  # "list", "folder", "hf" or "builtin"
+    location: str
+    adapt: list[Entry]
+    test: list[Entry]
+    opener: Callable[[str | int], Image.Image]
+    skipped: dict[str, int]
+
+
+@dataclass
+class ShiftData:
+    """Entries of one (dataset, shift, domain) with benchmark labels (known 0..K-1, others >= K)."""
+
+    protocol: Protocol
+    split: Split
+    domain: DomainData
+    adapt: list[tuple[str | int, int]]
+    test: list[tuple[str | int, int]]
+
+    @property
+    def known_names(self) -> list[str]:
+        return [self.protocol.classes[i] for i in self.split.known]
+
+
+def normalise_name(name: str) -> str:
+    """Match folder names to class names ignoring case, spaces, '_' and '-' (``Alarm_Clock`` == ``alarm clock``)."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def open_image(path: str | int) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise DataError(
+            f"cannot read image {path} ({e}); re-download or remove it (ueobench data check lists every unreadable file)"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+def _inside(root: Path, rel: str) -> Path | None:
+    """Resolve a list path under root; None when it escapes the root (absolute, '..')."""
+    if Path(rel).is_absolute():
+        return None
+    p = (root / rel).resolve()
+    try:
+        p.relative_to(root.resolve())
+    except ValueError:
+        return None
+    return p
+
+
+def read_image_list(path: Path, root: Path, num_classes: int) -> tuple[list[Entry], int]:
+    """Parse ``relative/path label`` lines. Returns the entries and the number of duplicate lines skipped."""
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    dupes = 0
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read image list {path} ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+            raise DataError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
+        rel, label = parts[0].strip(), int(parts[1])
+        if not 0 <= label < num_classes:
+            raise DataError(f"{path}:{n}: label {label} is outside the protocol's {num_classes} classes (0..{num_classes - 1})")
+        full = _inside(root, rel)
+        if full is None:
+            raise DataError(f"{path}:{n}: path {rel!r} escapes the dataset root {root}; list paths must be relative to it")
+        if rel in seen:
+            dupes += 1
+            continue
+        seen.add(rel)
+        entries.append(Entry(str(full), label))
+    return entries, dupes
+
+
+def read_folder_tree(folder: Path, classes: Sequence[str]) -> list[Entry]:
+    """``<folder>/<class folder>/<image>``; class folders are matched to protocol names by ``normalise_name``."""
+    index = {normalise_name(c): i for i, c in enumerate(classes)}
+    entries: list[Entry] = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        key = normalise_name(sub.name)
+        if key not in index:
+            raise DataError(
+                f"{sub}: folder matches no class of the protocol; rename it to a class name or remove it "
+                f"(ueobench show protocol lists the classes)"
+            )
+        for f in sorted(sub.rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                entries.append(Entry(str(f), index[key]))
+    return entries
+
+
+def _hf_label_mapper(ds: Any, column: str, classes: Sequence[str], where: str) -> Callable[[Any], int]:
+    feature = ds.features.get(column)
+    if feature is None:
+        raise DataError(f"{where}: no label column '{column}' (columns: {', '.join(ds.column_names)}); set label_column")
+    names = getattr(feature, "names", None)
+    if names:
+        index = {normalise_name(c): i for i, c in enumerate(classes)}
+        missing = [n for n in names if normalise_name(n) not in index]
+        if missing:
+            raise DataError(f"{where}: class label(s) {missing[:5]} match no protocol class")
+        table = [index[normalise_name(n)] for n in names]
+        return lambda v: table[int(v)]
+    return int
+
+
+def read_hf(cfg: settings.DatasetSettings, location: str, domain: Domain, classes: Sequence[str]) -> dict[str, Any]:
+    """Load a Hugging Face dataset: ``load_from_disk`` for a saved one, ``imagefolder`` for a folder, else a hub id."""
+    import datasets
+
+    where = f"Hugging Face dataset {location}"
+    p = Path(location)
+    try:
+        if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+            obj = datasets.load_from_disk(str(p))
+        elif p.is_dir():
+            obj = datasets.load_dataset("imagefolder", data_dir=str(p))
+        else:
+            obj = datasets.load_dataset(location, cfg.hf_name)
+    except Exception as e:  # noqa: BLE001 - the datasets library raises many types
+        raise DataError(f"{where}: cannot load ({type(e).__name__}: {e})") from None
+    splits = {"adapt": cfg.adapt_split, "test": cfg.test_split}
+    out: dict[str, Any] = {}
+    for role, name in splits.items():
+        if isinstance(obj, datasets.DatasetDict):
+            if name is None:
+                name = "test" if "test" in obj else cfg.adapt_split
+            if name not in obj:
+                raise DataError(f"{where}: no split '{name}' (splits: {', '.join(obj)})")
+            ds = obj[name]
+        else:
+            ds = obj
+        if cfg.image_column not in ds.column_names:
+            raise DataError(f"{where}: no image column '{cfg.image_column}' (columns: {', '.join(ds.column_names)})")
+        if cfg.domain_column:
+            col = ds[cfg.domain_column]
+            names = getattr(ds.features[cfg.domain_column], "names", None)
+            keep = [i for i, v in enumerate(col) if str(names[v] if names else v).lower() == domain.name.lower()]
+            ds = ds.select(keep)
+        out[role] = ds
+    return out
+
+
+class _HFOpener:
+    """Opens ``"<split role>:<row>"`` refs; a plain callable object so loader workers can pickle it."""
+
+    def __init__(self, splits: dict[str, Any], column: str):
+        self.splits, self.column = splits, column
+
+    def __call__(self, ref: str | int) -> Image.Image:
+        role, row = str(ref).split(":")
+        try:
+            return self.splits[role][int(row)][self.column].convert("RGB")
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            raise DataError(f"cannot read image {ref} of the Hugging Face dataset ({e})") from None
+
+
+def _hf_domain(protocol: Protocol, dom: Domain, cfg: settings.DatasetSettings, location: str, skipped: dict) -> "DomainData":
+    splits = read_hf(cfg, location, dom, protocol.classes)
+    entries: dict[str, list[Entry]] = {}
+    for role, ds in splits.items():
+        to_label = _hf_label_mapper(ds, cfg.label_column, protocol.classes, f"Hugging Face dataset {location}")
+        entries[role] = [Entry(f"{role}:{i}", to_label(v)) for i, v in enumerate(ds[cfg.label_column])]
+    opener = _HFOpener(splits, cfg.image_column)
+    return DomainData(protocol.name, dom.name, "hf", location, entries["adapt"], entries["test"], opener, skipped)
+
+
+# ------------------------------------------------------------------------------------------- resolution
+
+
+def _missing(protocol: Protocol, message: str) -> DataError:
+    where = f"; the dataset is published at {protocol.homepage}" if protocol.homepage else ""
+    return DataError(f"{message}{where}")
+
+
+def dataset_root(protocol: Protocol, data_root: str | None = None, progress: Any = None) -> Path:
+    """The folder of one dataset; the built-in ``shapes`` is generated into the cache on first use."""
+    if protocol.builtin == "shapes":
+        doms = [(d.name, d.folder, d.adapt, d.test) for d in protocol.domains]
+        return shapes.generate(list(protocol.classes), doms, progress=progress)
+    cfg = settings.dataset_settings(protocol.name)
+    if cfg.root:
+        return Path(cfg.root).expanduser()
+    root, _ = settings.data_root(data_root)
+    if root is None:
+        raise _missing(
+            protocol,
+            f"no data root for dataset '{protocol.name}': pass --data-root DIR, set ${settings.ENV_DATA}, "
+            f"or put data_root in {settings.CONFIG_FILE}",
+        )
+    return root / protocol.folder
+
+
+def is_available(protocol: Protocol, data_root: str | None = None) -> bool:
+    """True when data for this dataset can be found without generating or downloading anything."""
+    if protocol.builtin:
+        return True
+    try:
+        cfg = settings.dataset_settings(protocol.name)
+        if cfg.source == "hf" and cfg.hf_path:
+            return True
+        return dataset_root(protocol, data_root).is_dir()
+    except UeobenchError:
+        return False
+
+
+def load_domain(protocol: Protocol, domain: str, data_root: str | None = None, progress: Any = None) -> DomainData:
+    """Find and read the images of one domain from the first source that exists."""
+    dom = protocol.domain(domain)
+    root = dataset_root(protocol, data_root, progress)
+    cfg = settings.dataset_settings(protocol.name)
+    n = protocol.num_classes
+    skipped = {"duplicate list entries": 0}
+
+    if cfg.source == "hf":
+        return _hf_domain(protocol, dom, cfg, cfg.hf_path or str(root / dom.folder), skipped)
+    if not root.is_dir():
+        raise _missing(protocol, f"dataset '{protocol.name}' not found: {root} does not exist")
+    adapt_list, test_list, folder = root / dom.adapt, root / dom.test, root / dom.folder
+    use_list = cfg.source == "list" or (cfg.source == "auto" and adapt_list.is_file())
+    if use_list:
+        for lst in (adapt_list, test_list):
+            if not lst.is_file():
+                raise _missing(protocol, f"dataset '{protocol.name}' domain '{dom.name}': image list {lst} not found")
+        adapt, d1 = read_image_list(adapt_list, root, n)
+        test, d2 = (adapt, 0) if test_list == adapt_list else read_image_list(test_list, root, n)
+        skipped["duplicate list entries"] = d1 + d2
+        if d1 + d2:
+            warnings.warn(f"skipped {d1 + d2} duplicate entries in {adapt_list.name}/{test_list.name}", stacklevel=2)
+        src = "builtin" if protocol.builtin else "list"
+        return DomainData(protocol.name, dom.name, src, str(adapt_list), adapt, test, open_image, skipped)
+    if cfg.source in ("auto", "folder") and folder.is_dir():
+        if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
+            return _hf_domain(protocol, dom, cfg, str(folder), skipped)
+        entries = read_folder_tree(folder, protocol.classes)
+        return DomainData(protocol.name, dom.name, "folder", str(folder), entries, entries, open_image, skipped)
+    raise _missing(
+        protocol,
+        f"dataset '{protocol.name}' domain '{dom.name}': no data under {root} "
+        f"(looked for image list {adapt_list.name} and folder {dom.folder}/)",
+    )
+
+
+def apply_shift(protocol: Protocol, shift: str, data: DomainData) -> ShiftData:
+    """Filter adaptation data to the shift's target classes and remap labels (known 0..K-1, others >= K)."""
+    split = protocol.split(shift)
+    remap = split.label_map()
+    target = set(split.target)
+    adapt = [(e.ref, remap[e.label]) for e in data.adapt if e.label in target]
+    test = [(e.ref, remap[e.label]) for e in data.test]
+    if not adapt:
+        raise DataError(f"dataset '{protocol.name}' domain '{data.domain}': no adaptation images of the {shift} target classes")
+    if not test:
+        raise DataError(f"dataset '{protocol.name}' domain '{data.domain}': the test split is empty")
+    return ShiftData(protocol, split, data, adapt, test)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image tensor, benchmark label, index) for a list of (ref, label)."""
+
+    def __init__(self, items: Sequence[tuple[str | int, int]], opener: Callable[[str | int], Image.Image], transform):
+        self.items = list(items)
+        self.opener = opener
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        ref, label = self.items[i]
+        return self.transform(self.opener(ref)), label, i
+
+
+def make_loader(
+    items: Sequence[tuple[str | int, int]],
+    opener: Callable[[str | int], Image.Image],
+    transform,
+    batch_size: int,
+    shuffle: bool = False,
+    workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ImageDataset(items, opener, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=gen,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+
+
+# ------------------------------------------------------------------------------------------- data check
+
+
+def check_domain(protocol: Protocol, shift: str, data: DomainData, verify: bool = True, progress: Any = None) -> dict[str, Any]:
+    """Count images per split and role, and list missing or unreadable files."""
+    split = protocol.split(shift)
+    known, target = set(split.known), set(split.target)
+    report: dict[str, Any] = {"dataset": protocol.name, "domain": data.domain, "shift": shift,
+                              "source": data.source, "location": data.location, "splits": {}}
+    missing: list[str] = []
+    unreadable: list[str] = []
+    checked: set[str | int] = set()
+    for role, entries in (("adapt", [e for e in data.adapt if e.label in target]), ("test", data.test)):
+        counts = {"images": len(entries), "known": sum(e.label in known for e in entries)}
+        counts["unknown"] = counts["images"] - counts["known"]
+        counts["classes"] = len({e.label for e in entries})
+        report["splits"][role] = counts
+        task = progress.add_task(f"checking {data.domain}/{role}", total=len(entries)) if progress else None
+        for e in entries:
+            if task is not None:
+                progress.advance(task)
+            if e.ref in checked:
+                continue
+            checked.add(e.ref)
+            if isinstance(e.ref, str) and data.source in ("list", "folder", "builtin"):
+                if not Path(e.ref).is_file():
+                    missing.append(e.ref)
+                    continue
+                if verify:
+                    try:
+                        with Image.open(e.ref) as im:
+                            im.convert("RGB")
+                    except Exception:  # noqa: BLE001
+                        unreadable.append(e.ref)
+            elif verify:
+                try:
+                    data.opener(e.ref)
+                except Exception:  # noqa: BLE001
+                    unreadable.append(str(e.ref))
+    report["missing"] = missing
+    report["unreadable"] = unreadable
+    report["skipped"] = data.skipped
+    return report

@@ -1,0 +1,207 @@
+"""The method interface and registry.
+
+Every method shares one lifecycle::
+
+    m = MethodClass(options)
+    m.setup(backbone, class_names, context)   # build prompts, pick what to tune
+    m.trainable_parameters()                  # named groups; everything else stays frozen
+    m.adapt(context)                          # unlabeled target data; no-op for zero-shot
+    m.predict(images) -> cosine similarities  # [batch, K], unscaled; scores are computed downstream
+    m.reset()                                 # back to the state right after setup
+
+Methods are found through the ``ueobench.methods`` entry-point group (built-ins included), the modules of the
+built-in ``methods/`` folder, and folders given with ``--plugins``. Core code never imports a method by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import pkgutil
+import sys
+import types
+import typing
+import warnings
+from dataclasses import dataclass, field, fields
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from .errors import UeobenchError
+from .registry import Registry, suggest
+
+ENTRY_POINT_GROUP = "ueobench.methods"
+
+
+@dataclass
+class Options:
+    """Base of every method's hyperparameters. Subclass it as a dataclass with typed defaults."""
+
+
+@dataclass
+class AdaptContext:
+    """What a method may use while adapting: never target labels, unless it declares ``uses_target_labels``."""
+
+    dataset: str
+    shift: str
+    domain: str
+    prompt: str  # the dataset's prompt template, e.g. "a photo of a {}."
+    device: torch.device
+    seed: int
+    make_loader: Callable[..., Any]  # make_loader(transform, batch_size, shuffle) over the adaptation split
+    num_adapt: int
+    eval_transform: Any
+    log: Callable[[str], None] = print
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set ``name``, ``Options`` and override ``setup`` and ``predict``."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = Options
+    #: True when the method reads target labels (oracle ablations); such runs are marked and ranked apart.
+    uses_target_labels: ClassVar[bool] = False
+    #: "none" (zero-shot), "transductive" (adapts on the whole unlabeled set) or "online" (per batch/image).
+    adaptation: ClassVar[str] = "none"
+
+    def __init__(self, options: Any | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def setup(self, backbone: Any, class_names: list[str], context: AdaptContext) -> None:
+        self.backbone = backbone
+        self.class_names = class_names
+
+    def trainable_parameters(self) -> dict[str, list[torch.nn.Parameter]]:
+        return {}
+
+    def adapt(self, context: AdaptContext) -> None:
+        """Adapt on the unlabeled target data. The default does nothing (zero-shot)."""
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Return to the state right after ``setup``."""
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+
+def _coerce(value: str, typ: Any, name: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        typ = args[0]
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false for '{name}', got {value!r}")
+    if typ in (int, float, str):
+        return typ(value)
+    raise ValueError(f"option '{name}' has a type ({typ}) that cannot be set from the command line")
+
+
+def build_options(method_cls: type[Method], overrides: dict[str, str] | None) -> Any:
+    """Method defaults plus validated ``--set key=value`` overrides."""
+    opts_cls = method_cls.Options
+    hints = typing.get_type_hints(opts_cls)
+    valid = {f.name: f for f in fields(opts_cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in (overrides or {}).items():
+        if key not in valid:
+            raise UeobenchError(
+                f"method '{method_cls.name}' has no option '{key}'{suggest(key, list(valid))}"
+                if valid else f"method '{method_cls.name}' takes no options (got '{key}')"
+            )
+        try:
+            kwargs[key] = _coerce(str(raw), hints[key], key)
+        except ValueError as e:
+            raise UeobenchError(f"bad value for {method_cls.name} option '{key}': {e}") from None
+    return opts_cls(**kwargs)
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+_plugin_dirs: list[Path] = []
+
+
+def _load_plugins() -> None:
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001 - one broken plugin must not break every command
+            warnings.warn(f"method plugin '{ep.name}' ({ep.value}) failed to load: {e}", stacklevel=2)
+    import ueobench.methods as builtin  # the methods/ folder: a dropped-in file appears without reinstalling
+
+    for info in pkgutil.iter_modules(builtin.__path__):
+        importlib.import_module(f"ueobench.methods.{info.name}")
+    for d in _plugin_dirs:
+        _load_folder(d)
+
+
+def _load_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise UeobenchError(f"plugin folder {folder} does not exist")
+    for f in sorted(folder.glob("*.py")):
+        if f.name.startswith("_"):
+            continue
+        mod_name = f"ueobench_plugins.{f.stem}"
+        if mod_name in sys.modules and getattr(sys.modules[mod_name], "__file__", None) == str(f):
+            continue
+        spec = importlib.util.spec_from_file_location(mod_name, f)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except UeobenchError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            del sys.modules[mod_name]
+            raise UeobenchError(f"plugin {f} failed to load ({type(e).__name__}: {e})") from None
+
+
+METHODS: Registry[type[Method]] = Registry("method", loader=_load_plugins)
+
+
+def add_plugin_folder(folder: str | Path) -> None:
+    """Load method plugins from a folder the user names explicitly (``--plugins``)."""
+    p = Path(folder).expanduser().resolve()
+    if p not in _plugin_dirs:
+        _plugin_dirs.append(p)
+        if METHODS._loaded:
+            _load_folder(p)
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: ``@register_method("ueo")``."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method('{name}') must decorate a Method subclass")
+        if not dataclasses.is_dataclass(cls.Options):
+            raise TypeError(f"{cls.__qualname__}.Options must be a dataclass")
+        cls.name = name
+        METHODS.register(name, cls, origin=cls.__module__)
+        return cls
+
+    return deco
+
+
+def get_method(name: str) -> type[Method]:
+    return METHODS.get(name)
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()

@@ -1,0 +1,273 @@
+"""One run: (method, dataset, shift, domain, backbone, seed) -> a stored record with metrics and predictions."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from .backbones import load_backbone, parse_spec
+from .env import environment, peak_memory_mb
+from .errors import UeobenchError
+from .method import AdaptContext, build_options, get_method, options_dict
+from .metrics import evaluate
+from .progress import NullProgress, make_progress
+from .protocols import Protocol, list_datasets, load_protocol
+from .records import SCHEMA_VERSION, check_writable, config_hash, find_record, run_name, runs_dir, write_run
+from .registry import suggest
+from .scores import DEFAULT_RULE, SCORES, accept_known, compute_score
+
+DEFAULT_DATASET = "shapes"
+
+
+@dataclass
+class RunRequest:
+    """Everything ``ueobench run`` accepts. ``options`` are the method's ``--set key=value`` overrides."""
+
+    method: str = "zeroshot"
+    protocol: str = "opda"
+    domain: str = "clipart"
+    dataset: str | None = None
+    backbone: str | None = None
+    seed: int = 0
+    options: dict[str, str] = field(default_factory=dict)
+    eval_batch_size: int = 256
+    device: str = "auto"
+    data_root: str | None = None
+    results: str = "results"
+    score: str = "mcm"
+    rule: str = DEFAULT_RULE
+    force: bool = False
+    workers: int | None = None
+
+
+@dataclass
+class RunResult:
+    record: dict[str, Any]
+    path: Path
+    skipped: bool  # True when an identical finished run was found and reused
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UeobenchError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UeobenchError("device 'cuda' asked for but no CUDA GPU is visible; use --device cpu")
+    return dev
+
+
+def resolve_dataset(domain: str, dataset: str | None, data_root: str | None) -> Protocol:
+    """Pick the dataset: the one named, else the only configured dataset that has this domain."""
+    if dataset:
+        proto = load_protocol(dataset)
+        proto.domain(domain)  # raises with suggestions
+        return proto
+    protos = [load_protocol(n) for n in list_datasets()]
+    having = [p for p in protos if p.has_domain(domain)]
+    if not having:
+        all_domains = sorted({d.name for p in protos for d in p.domains})
+        raise UeobenchError(f"unknown domain '{domain}'{suggest(domain, all_domains)}")
+    configured = [p for p in having if data_mod.is_available(p, data_root)]
+    if len(configured) == 1:
+        return configured[0]
+    if len(configured) > 1:
+        names = ", ".join(p.name for p in configured)
+        raise UeobenchError(f"domain '{domain}' is in several configured datasets ({names}); pick one with --dataset")
+    names = ", ".join(p.name for p in having)
+    raise UeobenchError(f"domain '{domain}' belongs to {names}, whose data is not configured; pass --data-root or --dataset")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def data_checksum(domain: data_mod.DomainData, root: Path | None) -> str:
+    """Content address of the image lists (paths relative to the dataset root, and labels)."""
+    h = hashlib.sha256()
+    for role, entries in (("adapt", domain.adapt), ("test", domain.test)):
+        h.update(role.encode())
+        for e in entries:
+            ref = e.ref
+            if isinstance(ref, str) and root is not None and ref.startswith(str(root)):
+                ref = ref[len(str(root)) :]
+            h.update(f"{ref}\t{e.label}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+@torch.no_grad()
+def predict_split(method, loader, progress, description: str) -> tuple[np.ndarray, np.ndarray]:
+    task = progress.add_task(description, total=len(loader.dataset))
+    logits, labels = [], []
+    for images, y, _ in loader:
+        out = method.predict(images)
+        logits.append(out.detach().float().cpu())
+        labels.append(y)
+        progress.advance(task, len(y))
+    progress.remove_task(task)
+    cos = torch.cat(logits).numpy()
+    if not np.isfinite(cos).all():
+        raise UeobenchError(f"{description}: the method produced NaN or inf logits; the run is not recorded")
+    return cos, torch.cat(labels).numpy()
+
+
+def prepare(req: RunRequest, progress=None) -> dict[str, Any]:
+    """Resolve names, options and data into the run's identity (cheap: no model is loaded)."""
+    progress = progress or NullProgress()
+    method_cls = get_method(req.method)
+    options = build_options(method_cls, req.options)
+    if req.score not in SCORES:
+        SCORES.get(req.score)  # raises with a suggestion
+    accept_known(np.zeros((1, 2)), 1.0, req.rule)  # validates the rule name
+    proto = resolve_dataset(req.domain, req.dataset, req.data_root)
+    split = proto.split(req.protocol)
+    dom = proto.domain(req.domain)
+    backbone = req.backbone or proto.default_backbone
+    spec = parse_spec(backbone)
+    domain_data = data_mod.load_domain(proto, dom.name, req.data_root, progress)
+    shift_data = data_mod.apply_shift(proto, req.protocol, domain_data)
+    root = None if domain_data.source == "hf" else data_mod.dataset_root(proto, req.data_root)
+    identity = {
+        "method": method_cls.name,
+        "options": options_dict(options),
+        "dataset": proto.name,
+        "shift": split.shift,
+        "domain": dom.name,
+        "backbone": spec.name,
+        "seed": req.seed,
+        "eval_batch_size": req.eval_batch_size,
+        "protocol_checksum": proto.checksum,
+        "data_checksum": data_checksum(domain_data, root),
+    }
+    return {
+        "identity": identity,
+        "name": run_name(identity),
+        "method_cls": method_cls,
+        "options": options,
+        "protocol": proto,
+        "shift_data": shift_data,
+        "spec": spec,
+    }
+
+
+def run(req: RunRequest, progress=None) -> RunResult:
+    """Run one configuration, or return the finished record of an identical one (unless ``force``)."""
+    with make_progress(progress) as progress:
+        return _run(req, progress)
+
+
+def _run(req: RunRequest, progress) -> RunResult:
+    t0 = time.perf_counter()
+    plan = prepare(req, progress)
+    identity, name = plan["identity"], plan["name"]
+    if not req.force:
+        existing = find_record(req.results, name)
+        if existing is not None:
+            return RunResult(existing, runs_dir(req.results) / name, skipped=True)
+    check_writable(req.results)
+    device = resolve_device(req.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seed_everything(req.seed)
+    proto: Protocol = plan["protocol"]
+    sd: data_mod.ShiftData = plan["shift_data"]
+    backbone = load_backbone(plan["spec"], device)
+    workers = req.workers if req.workers is not None else (0 if device.type == "cpu" else 4)
+    pin = device.type == "cuda"
+
+    def loader(items, transform, batch_size, shuffle=False):
+        return data_mod.make_loader(items, sd.domain.opener, transform, batch_size, shuffle, workers, req.seed, pin)
+
+    def make_adapt_loader(transform=None, batch_size: int = 64, shuffle: bool = True):
+        return loader(sd.adapt, transform or backbone.preprocess, batch_size, shuffle)
+
+    ctx = AdaptContext(
+        dataset=proto.name, shift=sd.split.shift, domain=sd.domain.domain, prompt=proto.prompt, device=device,
+        seed=req.seed, make_loader=make_adapt_loader, num_adapt=len(sd.adapt), eval_transform=backbone.preprocess,
+        log=lambda msg: progress.console.log(msg) if hasattr(progress, "console") else None,
+    )
+    method = plan["method_cls"](plan["options"])
+    t_setup = time.perf_counter()
+    method.setup(backbone, sd.known_names, ctx)
+    groups = method.trainable_parameters()
+    n_trainable = sum(p.numel() for ps in groups.values() for p in ps)
+    t_adapt = time.perf_counter()
+    method.adapt(ctx)
+    t_eval = time.perf_counter()
+    preds: dict[str, np.ndarray] = {"logit_scale": np.array(backbone.logit_scale)}
+    metrics: dict[str, Any] = {}
+    for split_name, items in (("test", sd.test), ("target", sd.adapt)):
+        cos, labels = predict_split(method, loader(items, backbone.preprocess, req.eval_batch_size), progress,
+                                    f"{method.name} on {split_name}")
+        metrics[split_name] = evaluate(cos, labels, sd.split.num_known, logit_scale=backbone.logit_scale,
+                                       rule=req.rule, score=req.score)
+        preds[f"{split_name}_logits"] = cos.astype(np.float32)
+        preds[f"{split_name}_labels"] = labels.astype(np.int64)
+        preds[f"{split_name}_scores"] = compute_score(req.score, cos, backbone.logit_scale).astype(np.float32)
+    t_end = time.perf_counter()
+    s = sd.split
+    record = {
+        "schema": SCHEMA_VERSION,
+        "run_id": name,
+        "config_hash": config_hash(identity),
+        "status": "done",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": identity,
+        "request": {k: v for k, v in asdict(req).items() if k not in ("force", "options")},
+        "method": {
+            "name": method.name,
+            "options": options_dict(method.options),
+            "uses_target_labels": method.uses_target_labels,
+            "oracle": method.uses_target_labels,
+            "adaptation": method.adaptation,
+            "selection": "last epoch (no label-based selection)",
+        },
+        "protocol": {
+            "dataset": proto.name,
+            "shift": s.shift,
+            "file": Path(proto.path).name,
+            "checksum": proto.checksum,
+            "prompt": getattr(method, "template", proto.prompt),
+            "num_classes": s.num_classes,
+            "num_known": s.num_known,
+            "known": sd.known_names,
+            "unknown": [proto.classes[i] for i in s.unknown],
+            "absent": [proto.classes[i] for i in s.absent],
+        },
+        "data": {
+            "source": sd.domain.source,
+            "location": sd.domain.location,
+            "checksum": identity["data_checksum"],
+            "n_adapt": len(sd.adapt),
+            "n_test": len(sd.test),
+            "skipped": sd.domain.skipped,
+        },
+        "backbone": backbone.info,
+        "evaluation": {"score": req.score, "score_temperature": SCORES.get(req.score).temperature,
+                       "hscore_rule": req.rule, "logit_scale": backbone.logit_scale,
+                       "splits": {"test": "held-out test split (all classes)", "target": "the unlabeled adaptation data"}},
+        "seed": req.seed,
+        "metrics": metrics,
+        "trainable_parameters": n_trainable,
+        "trainable_groups": {k: sum(p.numel() for p in v) for k, v in groups.items()},
+        "timings": {"prepare_s": t_setup - t0, "setup_s": t_adapt - t_setup, "adapt_s": t_eval - t_adapt,
+                    "eval_s": t_end - t_eval, "total_s": t_end - t0},
+        "peak_memory": peak_memory_mb(device),
+        "environment": environment(device),
+    }
+    path = write_run(req.results, name, record, preds, force=req.force)
+    return RunResult(record, path, skipped=False)
