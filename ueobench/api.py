@@ -11,7 +11,7 @@ from .protocols import list_datasets, load_protocol
 from .runner import RunRequest, RunResult
 from .runner import run as _run
 from .scores import SCORES
-from .table import leaderboard, render_markdown
+from .leaderboard import leaderboard, render_markdown
 
 __all__ = [
     "run", "table", "show_protocol", "check_data", "describe_methods", "list_methods", "list_backbones",

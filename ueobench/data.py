@@ -254,13 +254,14 @@ def is_available(protocol: Protocol, data_root: str | None = None) -> bool:
 def load_domain(protocol: Protocol, domain: str, data_root: str | None = None, progress: Any = None) -> DomainData:
     """Find and read the images of one domain from the first source that exists."""
     dom = protocol.domain(domain)
-    root = dataset_root(protocol, data_root, progress)
     cfg = settings.dataset_settings(protocol.name)
-    n = protocol.num_classes
     skipped = {"duplicate list entries": 0}
-
+    if cfg.source == "hf" and cfg.hf_path:
+        return _hf_domain(protocol, dom, cfg, cfg.hf_path, skipped)
+    root = dataset_root(protocol, data_root, progress)
+    n = protocol.num_classes
     if cfg.source == "hf":
-        return _hf_domain(protocol, dom, cfg, cfg.hf_path or str(root / dom.folder), skipped)
+        return _hf_domain(protocol, dom, cfg, str(root / dom.folder), skipped)
     if not root.is_dir():
         raise _missing(protocol, f"dataset '{protocol.name}' not found: {root} does not exist")
     adapt_list, test_list, folder = root / dom.adapt, root / dom.test, root / dom.folder

@@ -1,0 +1,85 @@
+"""Shared fixtures: an isolated cache and results folder, and a tiny on-disk toy dataset."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+TINY = "tiny-vit:random"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["UEOBENCH_CACHE"] = str(cache)
+    os.environ["UEOBENCH_NO_PROGRESS"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.pop("UEOBENCH_DATA", None)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_cwd(tmp_path, monkeypatch):
+    """Each test runs in its own folder, so ``results/`` and ``ueobench.toml`` never leak between tests."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli():
+    from ueobench.cli import cli as group
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(group, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def write_image(path: Path, seed: int, size: int = 16) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+
+
+TOY_CLASSES = ["alarm_clock", "back pack", "bike", "cup", "desk-lamp", "eraser"]
+
+
+def toy_protocol(folder: Path, name: str = "toy", domains=("Art", "Clipart")) -> Path:
+    """A protocol file for a 6-class toy dataset: known 0..3; opda target 0..1 and 4."""
+    doc = {
+        "format": 1, "name": name, "homepage": "https://example.org/toy", "folder": name,
+        "classes": TOY_CLASSES,
+        "domains": [{"name": d, "folder": d, "adapt": f"{d}_list.txt", "test": f"{d}_list.txt"} for d in domains],
+        "shifts": {
+            "cda": {"known": [[0, 3]], "target": [[0, 3]]},
+            "pda": {"known": [[0, 3]], "target": [[0, 1]]},
+            "oda": {"known": [[0, 3]], "target": [[0, 4]]},
+            "opda": {"known": [[0, 3]], "target": [[0, 1], [4, 4]]},
+            "csda": {"known": "all", "target": "all"},
+        },
+    }
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def make_toy_tree(root: Path, domain: str = "Art", per_class: int = 3, folder_names=None) -> Path:
+    """``<root>/<domain>/<Class_Folder>/<i>.png`` with Office-Home-like folder names."""
+    names = folder_names or ["Alarm_Clock", "Back_Pack", "Bike", "CUP", "Desk_Lamp", "eraser"]
+    for ci, cname in enumerate(names):
+        for i in range(per_class):
+            write_image(root / domain / cname / f"{i:03d}.png", seed=ci * 100 + i)
+    return root / domain
+
+
+def write_list(root: Path, domain: str, lines: list[str]) -> Path:
+    p = root / f"{domain}_list.txt"
+    p.write_text("\n".join(lines) + "\n")
+    return p
