@@ -42,7 +42,7 @@ class Options:
 
 @dataclass
 class AdaptContext:
-    """What a method may use while adapting: never target labels, unless it declares ``uses_target_labels``."""
+    """What a method may use while adapting. Adaptation loaders yield ``(images, indices)``: no labels."""
 
     dataset: str
     shift: str
@@ -50,11 +50,16 @@ class AdaptContext:
     prompt: str  # the dataset's prompt template, e.g. "a photo of a {}."
     device: torch.device
     seed: int
-    make_loader: Callable[..., Any]  # make_loader(transform, batch_size, shuffle) over the adaptation split
+    #: make_loader(transform=None, batch_size=64, shuffle=True, indices=None, drop_last=False) over the
+    #: adaptation split; transform None means the backbone's eval transform.
+    make_loader: Callable[..., Any]
     num_adapt: int
     eval_transform: Any
-    log: Callable[[str], None] = print
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: metrics on the test and target splits with the method's current state (for training curves)
+    evaluate: Callable[[], dict[str, Any]] | None = None
+    #: labels of the adaptation data; refused unless the method declares it is an oracle
+    target_labels: Callable[[], Any] | None = None
+    progress: Any = None
 
 
 class Method:
@@ -64,8 +69,10 @@ class Method:
     Options: ClassVar[type] = Options
     #: True when the method reads target labels (oracle ablations); such runs are marked and ranked apart.
     uses_target_labels: ClassVar[bool] = False
-    #: "none" (zero-shot), "transductive" (adapts on the whole unlabeled set) or "online" (per batch/image).
+    #: "none" (zero-shot), "transductive" (adapts on the whole unlabeled set) or "episodic" (per image).
     adaptation: ClassVar[str] = "none"
+    #: Reference defaults that differ per dataset, e.g. {"domainnet": {"epochs": 5}}; user overrides win.
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
@@ -85,6 +92,14 @@ class Method:
 
     def reset(self) -> None:
         """Return to the state right after ``setup``."""
+
+    def is_oracle(self) -> bool:
+        """True when this configuration reads target labels; an option may turn it on (UEO's oracle weights)."""
+        return self.uses_target_labels
+
+    def info(self) -> dict[str, Any]:
+        """Extra facts for the run record (resolved choices, reference values)."""
+        return {}
 
 
 # ----------------------------------------------------------------------------------------------- options
@@ -108,12 +123,12 @@ def _coerce(value: str, typ: Any, name: str) -> Any:
     raise ValueError(f"option '{name}' has a type ({typ}) that cannot be set from the command line")
 
 
-def build_options(method_cls: type[Method], overrides: dict[str, str] | None) -> Any:
-    """Method defaults plus validated ``--set key=value`` overrides."""
+def build_options(method_cls: type[Method], overrides: dict[str, str] | None, dataset: str | None = None) -> Any:
+    """Method defaults, then the method's reference defaults for ``dataset``, then validated ``--set`` overrides."""
     opts_cls = method_cls.Options
     hints = typing.get_type_hints(opts_cls)
     valid = {f.name: f for f in fields(opts_cls)}
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {k: v for k, v in method_cls.dataset_defaults.get(dataset or "", {}).items() if k in valid}
     for key, raw in (overrides or {}).items():
         if key not in valid:
             raise UeobenchError(

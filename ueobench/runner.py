@@ -17,7 +17,7 @@ from .backbones import load_backbone, parse_spec
 from .env import environment, peak_memory_mb
 from .errors import UeobenchError
 from .method import AdaptContext, build_options, get_method, options_dict
-from .metrics import evaluate
+from .metrics import METRICS, evaluate
 from .progress import NullProgress, make_progress
 from .protocols import Protocol, list_datasets, load_protocol
 from .records import SCHEMA_VERSION, check_writable, config_hash, find_record, run_name, runs_dir, write_run
@@ -88,6 +88,14 @@ def resolve_dataset(domain: str, dataset: str | None, data_root: str | None) -> 
     raise UeobenchError(f"domain '{domain}' belongs to {names}, whose data is not configured; pass --data-root or --dataset")
 
 
+def freeze_all_but(model: torch.nn.Module, groups: dict[str, list[torch.nn.Parameter]]) -> None:
+    """Only the parameters a method declares may receive gradients."""
+    model.requires_grad_(False)
+    for params in groups.values():
+        for p in params:
+            p.requires_grad_(True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -129,11 +137,11 @@ def prepare(req: RunRequest, progress=None) -> dict[str, Any]:
     """Resolve names, options and data into the run's identity (cheap: no model is loaded)."""
     progress = progress or NullProgress()
     method_cls = get_method(req.method)
-    options = build_options(method_cls, req.options)
     if req.score not in SCORES:
         SCORES.get(req.score)  # raises with a suggestion
     accept_known(np.zeros((1, 2)), 1.0, req.rule)  # validates the rule name
     proto = resolve_dataset(req.domain, req.dataset, req.data_root)
+    options = build_options(method_cls, req.options, proto.name)
     split = proto.split(req.protocol)
     dom = proto.domain(req.domain)
     backbone = req.backbone or proto.default_backbone
@@ -170,15 +178,23 @@ def run(req: RunRequest, progress=None) -> RunResult:
         return _run(req, progress)
 
 
-def _run(req: RunRequest, progress) -> RunResult:
-    t0 = time.perf_counter()
-    plan = prepare(req, progress)
-    identity, name = plan["identity"], plan["name"]
-    if not req.force:
-        existing = find_record(req.results, name)
-        if existing is not None:
-            return RunResult(existing, runs_dir(req.results) / name, skipped=True)
-    check_writable(req.results)
+@dataclass
+class Session:
+    """A run between setup and recording: the loaded backbone, the method after ``setup``, its context."""
+
+    plan: dict[str, Any]
+    device: torch.device
+    backbone: Any
+    method: Any
+    context: AdaptContext
+    evaluate_splits: Any  # () -> (metrics per split, prediction arrays)
+    groups: dict[str, list[torch.nn.Parameter]]
+
+
+def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) -> Session:
+    """Seed, load the backbone, build the method and its context, call ``setup`` and freeze the rest."""
+    progress = progress or NullProgress()
+    plan = plan or prepare(req, progress)
     device = resolve_device(req.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -189,35 +205,66 @@ def _run(req: RunRequest, progress) -> RunResult:
     workers = req.workers if req.workers is not None else (0 if device.type == "cpu" else 4)
     pin = device.type == "cuda"
 
-    def loader(items, transform, batch_size, shuffle=False):
-        return data_mod.make_loader(items, sd.domain.opener, transform, batch_size, shuffle, workers, req.seed, pin)
+    def loader(items, transform, batch_size, shuffle=False, **kw):
+        return data_mod.make_loader(items, sd.domain.opener, transform, batch_size, shuffle, workers, req.seed, pin, **kw)
 
-    def make_adapt_loader(transform=None, batch_size: int = 64, shuffle: bool = True):
-        return loader(sd.adapt, transform or backbone.preprocess, batch_size, shuffle)
+    def make_adapt_loader(transform=None, batch_size: int = 64, shuffle: bool = True, indices=None, drop_last=False):
+        return loader(sd.adapt, transform or backbone.preprocess, batch_size, shuffle, hide_labels=True,
+                      indices=indices, drop_last=drop_last)
+
+    method = plan["method_cls"](plan["options"])
+
+    def evaluate_splits() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        metrics, arrays = {}, {"logit_scale": np.array(backbone.logit_scale)}
+        for split_name, items in (("test", sd.test), ("target", sd.adapt)):
+            cos, labels = predict_split(method, loader(items, backbone.preprocess, req.eval_batch_size), progress,
+                                        f"{method.name} on {split_name}")
+            metrics[split_name] = evaluate(cos, labels, sd.split.num_known, logit_scale=backbone.logit_scale,
+                                           rule=req.rule, score=req.score)
+            arrays[f"{split_name}_logits"] = cos.astype(np.float32)
+            arrays[f"{split_name}_labels"] = labels.astype(np.int64)
+            arrays[f"{split_name}_scores"] = compute_score(req.score, cos, backbone.logit_scale).astype(np.float32)
+        return metrics, arrays
+
+    def evaluate_now() -> dict[str, Any]:
+        return {split: {k: m[k] for k in METRICS} for split, m in evaluate_splits()[0].items()}
+
+    def target_labels() -> np.ndarray:
+        if not method.is_oracle():
+            raise UeobenchError(f"method '{method.name}' read target labels without declaring itself an oracle")
+        return np.array([y for _, y in sd.adapt])
 
     ctx = AdaptContext(
         dataset=proto.name, shift=sd.split.shift, domain=sd.domain.domain, prompt=proto.prompt, device=device,
         seed=req.seed, make_loader=make_adapt_loader, num_adapt=len(sd.adapt), eval_transform=backbone.preprocess,
-        log=lambda msg: progress.console.log(msg) if hasattr(progress, "console") else None,
+        evaluate=evaluate_now, target_labels=target_labels,
+        progress=None if isinstance(progress, NullProgress) else progress,
     )
-    method = plan["method_cls"](plan["options"])
-    t_setup = time.perf_counter()
     method.setup(backbone, sd.known_names, ctx)
     groups = method.trainable_parameters()
+    freeze_all_but(backbone.model, groups)
+    return Session(plan, device, backbone, method, ctx, evaluate_splits, groups)
+
+
+def _run(req: RunRequest, progress) -> RunResult:
+    t0 = time.perf_counter()
+    plan = prepare(req, progress)
+    identity, name = plan["identity"], plan["name"]
+    if not req.force:
+        existing = find_record(req.results, name)
+        if existing is not None:
+            return RunResult(existing, runs_dir(req.results) / name, skipped=True)
+    check_writable(req.results)
+    t_setup = time.perf_counter()
+    session = start(req, plan, progress)
+    method, backbone, ctx, groups, device = session.method, session.backbone, session.context, session.groups, session.device
+    proto: Protocol = plan["protocol"]
+    sd: data_mod.ShiftData = plan["shift_data"]
     n_trainable = sum(p.numel() for ps in groups.values() for p in ps)
     t_adapt = time.perf_counter()
     method.adapt(ctx)
     t_eval = time.perf_counter()
-    preds: dict[str, np.ndarray] = {"logit_scale": np.array(backbone.logit_scale)}
-    metrics: dict[str, Any] = {}
-    for split_name, items in (("test", sd.test), ("target", sd.adapt)):
-        cos, labels = predict_split(method, loader(items, backbone.preprocess, req.eval_batch_size), progress,
-                                    f"{method.name} on {split_name}")
-        metrics[split_name] = evaluate(cos, labels, sd.split.num_known, logit_scale=backbone.logit_scale,
-                                       rule=req.rule, score=req.score)
-        preds[f"{split_name}_logits"] = cos.astype(np.float32)
-        preds[f"{split_name}_labels"] = labels.astype(np.int64)
-        preds[f"{split_name}_scores"] = compute_score(req.score, cos, backbone.logit_scale).astype(np.float32)
+    metrics, preds = session.evaluate_splits()
     t_end = time.perf_counter()
     s = sd.split
     record = {
@@ -231,11 +278,13 @@ def _run(req: RunRequest, progress) -> RunResult:
         "method": {
             "name": method.name,
             "options": options_dict(method.options),
-            "uses_target_labels": method.uses_target_labels,
-            "oracle": method.uses_target_labels,
+            "uses_target_labels": method.is_oracle(),
+            "oracle": method.is_oracle(),
             "adaptation": method.adaptation,
             "selection": "last epoch (no label-based selection)",
+            "info": method.info(),
         },
+        "history": getattr(method, "history", []),
         "protocol": {
             "dataset": proto.name,
             "shift": s.shift,

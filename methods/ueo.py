@@ -1,0 +1,59 @@
+"""UEO: universal entropy optimisation (Liang et al., ICML 2024), faithful to tim-learn/UEO demo.py.
+
+Confidence weights w are the zero-shot max softmax at T = 1 (raw cosines), computed once on the adaptation set
+with the test transform and then fixed. The loss is a w-weighted conditional entropy minus the entropy of the
+1/w-weighted mean prediction (trade = 1). The prompt and the visual norm affines are tuned with SGD at 1e-4.
+
+Ablations: ``weights=none`` (plain IM), ``tune=prompt`` / ``tune=norm``, and ``weights=oracle``
+(w = 1[known] + 1e-3), which reads target labels: such runs are recorded and shown as oracle.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ueobench.errors import UeobenchError
+from ueobench.losses import ueo_loss
+from ueobench.method import register_method
+from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
+
+WEIGHTS = ("msp", "none", "oracle")
+
+
+@register_method("ueo")
+class UEO(PromptTuningMethod):
+    @dataclass
+    class Options(PromptTuningOptions):
+        trade: float = 1.0
+        weights: str = "msp"  # msp (the method) | none (plain IM) | oracle (uses target labels)
+
+    def is_oracle(self) -> bool:
+        return self.options.weights == "oracle"
+
+    def before_training(self, context) -> None:
+        if self.options.weights not in WEIGHTS:
+            raise UeobenchError(f"option weights must be one of {', '.join(WEIGHTS)}, got '{self.options.weights}'")
+        n = context.num_adapt
+        if self.options.weights == "none":
+            self.weights = torch.ones(n)
+        elif self.options.weights == "oracle":
+            labels = torch.as_tensor(context.target_labels())
+            self.weights = (labels < len(self.class_names)).float() + 1e-3
+        else:
+            self.weights = torch.empty(n)
+            loader = context.make_loader(context.eval_transform, self.options.batch_size * 3, shuffle=False)
+            with torch.no_grad():
+                for images, idx in loader:
+                    cos = self.cosine(images.to(context.device)).float()
+                    self.weights[idx] = torch.softmax(cos, dim=1).max(dim=1).values.cpu()  # T = 1
+        self.weights = self.weights.to(context.device)
+
+    def objective(self, probs, idx):
+        return ueo_loss(probs, self.weights[idx.to(self.weights.device)], self.options.trade)
+
+    def info(self) -> dict:
+        w = getattr(self, "weights", None)
+        if w is None or self.options.weights != "msp":
+            return {"weights": self.options.weights}
+        return {"weights": "msp", "weight_min": float(w.min()), "weight_max": float(w.max()), "weight_mean": float(w.mean())}
