@@ -11,7 +11,7 @@ from .protocols import list_datasets, load_protocol
 from .runner import RunRequest, RunResult
 from .runner import run as _run
 from .scores import SCORES
-from .leaderboard import leaderboard, render_markdown
+from .leaderboard import build_table, render
 
 __all__ = [
     "run", "table", "show_protocol", "check_data", "describe_methods", "list_methods", "list_backbones",
@@ -24,11 +24,17 @@ def run(progress: Any = None, **kwargs: Any) -> RunResult:
     return _run(RunRequest(**kwargs), progress=progress)
 
 
-def table(results: str = "results", metric: str = "acc", dataset: str | None = None, protocol: str | None = None,
-          backbone: str | None = None, split: str = "test") -> str:
-    """``ueobench table``: a markdown leaderboard."""
-    cells, meta = leaderboard(results, metric, dataset, protocol, backbone, split)
-    return render_markdown(cells, meta)
+def table(results: str = "results", metric: str | list[str] = "acc", rows: str = "method", cols: str = "domain",
+          split: str = "test", method: str | None = None, dataset: str | None = None, protocol: str | None = None,
+          domain: str | None = None, backbone: str | None = None, seeds: int | None = None, score: str | None = None,
+          rule: str | None = None, average: bool = True, rank_oracle: bool = False, reference: str | None = None,
+          fmt: str = "md") -> str:
+    """``ueobench table``: a leaderboard as markdown, LaTeX, CSV, JSON or HTML."""
+    metrics = metric.split(",") if isinstance(metric, str) else list(metric)
+    filters = {"method": method, "dataset": dataset, "shift": protocol, "domain": domain, "backbone": backbone}
+    t = build_table(results, [m.strip() for m in metrics], rows, cols, split, filters, seeds, score, rule, average,
+                    rank_oracle, reference)
+    return render(t, fmt)
 
 
 def show_protocol(dataset: str, shift: str) -> dict[str, Any]:

@@ -34,6 +34,32 @@ def register_model_configs() -> None:
     _CONFIGS_ADDED = True
 
 
+def weights_checksum(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def builtin_weights(arch: str) -> Path:
+    """Path of weights shipped with ueobench for ``arch``, verified against the shipped checksum."""
+    folder = Path(str(resources.files("ueobench.weights")))
+    path, digest_file = folder / f"{arch}.safetensors", folder / f"{arch}.sha256"
+    if not path.is_file() or not digest_file.is_file():
+        have = sorted(p.stem for p in folder.glob("*.safetensors"))
+        raise UeobenchError(f"no built-in weights for '{arch}' (built-in: {', '.join(have) or 'none'})")
+    expected = digest_file.read_text().split()[0]
+    if weights_checksum(path) != expected:
+        raise UeobenchError(
+            f"built-in weights {path} are corrupt (SHA-256 does not match {digest_file.name}); reinstall ueobench "
+            f"or retrain them with 'ueobench pretrain shapes'"
+        )
+    return path
+
+
 def builtin_architectures() -> list[str]:
     return sorted(Path(f.name).stem for f in resources.files("ueobench.model_configs").iterdir() if f.name.endswith(".json"))
 
@@ -99,7 +125,9 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
                 f"unknown backbone architecture '{s.arch}'{suggest(s.arch, open_clip.list_models())} "
                 f"(ueobench list backbones)"
             )
-        if s.weights != "random":
+        if s.weights == "builtin":
+            pretrained = str(builtin_weights(s.arch))
+        elif s.weights != "random":
             pretrained = s.weights
             looks_like_path = os.sep in s.weights or s.weights.endswith((".pt", ".pth", ".bin", ".safetensors"))
             if looks_like_path and not Path(s.weights).expanduser().is_file():

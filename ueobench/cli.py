@@ -99,17 +99,83 @@ def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: 
         click.echo(f"  {split:<6} {parts}   (n={m['n']}, unknown={m['n_unknown']})")
 
 
+def _filters(f):
+    """Glob filters shared by table and plot."""
+    for name in ("method", "dataset", "protocol", "domain", "backbone"):
+        f = click.option(f"--{name}", default=None, help=f"Keep {name}s matching these globs (comma-separated).")(f)
+    return f
+
+
 @cli.command()
 @click.option("--results", default="results", show_default=True)
-@click.option("--metric", default="acc", show_default=True, type=click.Choice(METRICS))
-@click.option("--dataset", default=None)
-@click.option("--protocol", default=None, type=click.Choice(SHIFTS))
-@click.option("--backbone", default=None)
+@click.option("--metric", "metrics", default="acc", show_default=True,
+              help=f"Metric, or several joined by commas for 'a / b' cells: {', '.join(METRICS)}.")
+@click.option("--rows", default="method", show_default=True, help="Row axis: method, dataset, protocol, domain, backbone.")
+@click.option("--cols", default="domain", show_default=True, help="Column axis; axes not shown are averaged or must be filtered.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target"]))
-def table(results: str, metric: str, dataset: str | None, protocol: str | None, backbone: str | None, split: str) -> None:
-    """Print a markdown leaderboard (methods x domains) from the stored runs."""
-    click.echo(api.table(results=results, metric=metric, dataset=dataset, protocol=protocol, backbone=backbone,
-                         split=split), nl=False)
+@_filters
+@click.option("--seeds", default=None, type=int, help="Expected seeds per cell; cells with fewer are flagged with †.")
+@click.option("--score", default=None, help="Recompute AUROC/FPR95 from saved predictions with this OOD score.")
+@click.option("--rule", default=None, help="Recompute the H-score with this rejection rule (nent:TAU or kmeans2).")
+@click.option("--no-average", is_flag=True, help="Leave out the average column.")
+@click.option("--rank-oracle", is_flag=True, help="Rank oracle runs (target labels) together with label-free ones.")
+@click.option("--reference", default=None, type=click.Path(dir_okay=False), help="CSV of reported numbers to show beside ours.")
+@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "latex", "csv", "json", "html"]))
+@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+def table(results: str, metrics: str, rows: str, cols: str, split: str, method, dataset, protocol, domain, backbone,
+          seeds: int | None, score: str | None, rule: str | None, no_average: bool, rank_oracle: bool,
+          reference: str | None, fmt: str, output: str | None) -> None:
+    """Render a leaderboard from the stored runs."""
+    text = api.table(results=results, metric=metrics, rows=rows, cols=cols, split=split, method=method,
+                     dataset=dataset, protocol=protocol, domain=domain, backbone=backbone, seeds=seeds, score=score,
+                     rule=rule, average=not no_average, rank_oracle=rank_oracle, reference=reference, fmt=fmt)
+    if output:
+        from pathlib import Path
+
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("kind", type=click.Choice(["scatter", "bars", "curves"]))
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="A .png or .svg file.")
+@click.option("--results", default="results", show_default=True)
+@click.option("--metric", default="acc", show_default=True, type=click.Choice(METRICS), help="For bars.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target"]))
+@click.option("--run", default=None, help="For curves: a run id or a unique prefix of one.")
+@_filters
+def plot(kind: str, output: str, results: str, metric: str, split: str, run: str | None, method, dataset, protocol,
+         domain, backbone) -> None:
+    """Plot accuracy vs AUROC (scatter), per-domain bars, or one run's training curves."""
+    from . import plots
+
+    filters = {"method": method, "dataset": dataset, "protocol": protocol, "domain": domain, "backbone": backbone}
+    if kind == "curves":
+        if not run:
+            raise UeobenchError("plot curves needs --run RUN_ID")
+        path = plots.curves(output, run, results)
+    elif kind == "scatter":
+        path = plots.scatter(output, results, split, filters)
+    else:
+        path = plots.bars(output, metric, results, split, filters)
+    click.echo(f"wrote {path}")
+
+
+@cli.group(cls=_Group)
+def reference() -> None:
+    """Published numbers to compare against."""
+
+
+@reference.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def reference_check(path: str) -> None:
+    """Validate a CSV of reported numbers."""
+    from .leaderboard import read_reference
+
+    df = read_reference(path)
+    click.echo(f"{path}: {len(df)} reported numbers from {df['citation'].nunique()} source(s), all valid")
 
 
 @cli.group(name="list", cls=_Group)
@@ -203,6 +269,26 @@ def data_check(dataset: str, domain: str | None, protocol: str, data_root: str |
                     click.echo(f"    ... and {len(r[kind]) - 20} more")
     if any(r["missing"] or r["unreadable"] for r in reports):
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("world", type=click.Choice(["shapes"]))
+@click.option("--out", default=None, help="Where to write the weights (default: the built-in weights file).")
+@click.option("--steps", default=None, type=int, help="Optimiser steps (default: the shipped recipe).")
+@click.option("--minutes", default=None, type=float, help="Stop after this many minutes.")
+def pretrain(world: str, out: str | None, steps: int | None, minutes: float | None) -> None:
+    """Retrain the tiny CLIP of the built-in shapes world from scratch (CPU, under an hour)."""
+    from pathlib import Path
+
+    from .pretrain import PretrainConfig, default_output, pretrain as run_pretrain
+
+    cfg = PretrainConfig()
+    if steps is not None:
+        cfg.steps = steps
+    if minutes is not None:
+        cfg.minutes = minutes
+    summary = run_pretrain(cfg, Path(out) if out else default_output(), log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(summary, indent=1))
 
 
 def main() -> None:

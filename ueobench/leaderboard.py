@@ -1,77 +1,431 @@
-"""Leaderboards from stored run records: methods x domains for one dataset, shift, backbone and metric."""
+"""Leaderboards from stored run records, in every format a paper or a project page needs.
+
+A table is built in three steps: records -> a long frame (one row per run and split; metrics can be
+recomputed from the saved predictions with another score or rejection rule) -> cells (mean, std and seed
+count of each metric per row and column, averaged over the axes that are not shown, e.g. domains) ->
+a renderer (markdown, LaTeX, CSV, JSON, HTML). Rendering is deterministic: same records, same bytes.
+"""
 from __future__ import annotations
 
+import csv
+import fnmatch
+import html
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import UeobenchError
-from .metrics import METRICS
-from .records import iter_records
+from .metrics import METRICS, evaluate
+from .records import iter_records, load_predictions
 from .registry import suggest
 
+AXES = ("method", "dataset", "shift", "domain", "backbone")
+AXIS_ALIASES = {"protocol": "shift"}
+LOWER_IS_BETTER = {"fpr95"}
+FORMATS = ("md", "latex", "csv", "json", "html")
+ORACLE_SUFFIX = " (oracle)"
 
-def records_frame(results: str) -> pd.DataFrame:
-    """One row per (run, split): the identity columns plus every metric."""
+
+def _axis(name: str) -> str:
+    name = AXIS_ALIASES.get(name, name)
+    if name not in AXES:
+        raise UeobenchError(f"unknown table axis '{name}'{suggest(name, [*AXES, 'protocol'])}")
+    return name
+
+
+# ------------------------------------------------------------------------------------------ the frame
+
+
+def records_frame(results: str | Path, score: str | None = None, rule: str | None = None) -> pd.DataFrame:
+    """One row per (run, split) with identity columns and metrics (percent), optionally recomputed."""
     rows: list[dict[str, Any]] = []
     for rec in iter_records(results):
         cfg = rec["config"]
-        for split, m in rec.get("metrics", {}).items():
-            row = {k: cfg[k] for k in ("method", "dataset", "shift", "domain", "backbone", "seed")}
+        ev = rec.get("evaluation", {})
+        recompute = (score and score != ev.get("score")) or (rule and rule != ev.get("hscore_rule"))
+        if recompute:
+            preds = load_predictions(rec["_path"])
+            scale = float(preds["logit_scale"])
+        for split, m in sorted(rec.get("metrics", {}).items()):
+            if recompute:
+                m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec["protocol"]["num_known"],
+                             logit_scale=scale, score=score or ev.get("score", "mcm"),
+                             rule=rule or ev.get("hscore_rule", "nent:0.5"))
+            row = {k: cfg[k] for k in (*AXES[:1], "dataset", "shift", "domain", "backbone", "seed")}
             row["split"] = split
             row["oracle"] = bool(rec.get("method", {}).get("oracle", False))
             row["run_id"] = rec["run_id"]
-            row.update({k: m.get(k) for k in METRICS})
+            for k in METRICS:
+                v = m.get(k)
+                row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
             rows.append(row)
-    cols = ["method", "dataset", "shift", "domain", "backbone", "seed", "split", "oracle", "run_id", *METRICS]
+    cols = [*AXES, "seed", "split", "oracle", "run_id", *METRICS]
     return pd.DataFrame(rows, columns=cols)
 
 
-def _pick(df: pd.DataFrame, column: str, value: str | None, what: str) -> tuple[pd.DataFrame, str]:
-    present = sorted(df[column].unique())
-    if value is None:
-        if len(present) == 1:
-            return df, present[0]
-        raise UeobenchError(f"records hold several {what}s ({', '.join(present)}); pick one with --{what}")
-    if value not in present:
-        raise UeobenchError(f"no records for {what} '{value}'{suggest(value, present)}")
-    return df[df[column] == value], value
+# ------------------------------------------------------------------------------------------ the cells
 
 
-def leaderboard(
-    results: str = "results",
-    metric: str = "acc",
-    dataset: str | None = None,
-    protocol: str | None = None,
-    backbone: str | None = None,
+@dataclass
+class Cell:
+    mean: float | None
+    std: float | None
+    n: int  # seeds
+    expected: int | None = None
+    rank: int | None = None  # 1 best, 2 second best within its column
+    reference: float | None = None
+
+    @property
+    def short(self) -> bool:
+        return self.expected is not None and self.n < self.expected
+
+
+@dataclass
+class Table:
+    rows: list[str]
+    cols: list[str]  # includes "avg" when asked for
+    metrics: list[str]
+    cells: dict[tuple[str, str, str], Cell]  # (row, col, metric)
+    meta: dict[str, Any]
+    oracle_rows: set[str] = field(default_factory=set)
+    citations: list[str] = field(default_factory=list)
+
+
+def _filter(df: pd.DataFrame, filters: dict[str, str | None]) -> pd.DataFrame:
+    for col, pattern in filters.items():
+        if not pattern:
+            continue
+        col = _axis(col)
+        pats = [p.strip() for p in pattern.split(",") if p.strip()]
+        keep = df[col].map(lambda v: any(fnmatch.fnmatchcase(str(v), p) for p in pats))
+        if not keep.any():
+            present = sorted(df[col].astype(str).unique())
+            raise UeobenchError(f"no records match {col} '{pattern}'" + (f" (have: {', '.join(present)})" if present else ""))
+        df = df[keep]
+    return df
+
+
+def build_table(
+    results: str | Path = "results",
+    metrics: list[str] | None = None,
+    rows: str = "method",
+    cols: str = "domain",
     split: str = "test",
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Mean over seeds, in percent; rows are methods, columns domains plus their average."""
-    if metric not in METRICS:
-        raise UeobenchError(f"unknown metric '{metric}'{suggest(metric, list(METRICS))}")
-    df = records_frame(results)
+    filters: dict[str, str | None] | None = None,
+    seeds: int | None = None,
+    score: str | None = None,
+    rule: str | None = None,
+    average: bool = True,
+    rank_oracle: bool = False,
+    reference: str | Path | None = None,
+) -> Table:
+    metrics = metrics or ["acc"]
+    for m in metrics:
+        if m not in METRICS:
+            raise UeobenchError(f"unknown metric '{m}'{suggest(m, list(METRICS))}")
+    rows, cols = _axis(rows), _axis(cols)
+    if rows == cols:
+        raise UeobenchError("--rows and --cols must differ")
+    df = records_frame(results, score, rule)
     if df.empty:
-        raise UeobenchError(f"no finished runs under {results}/runs; start one with ueobench run")
-    df = df[df["split"] == split]
-    df, dataset = _pick(df, "dataset", dataset, "dataset")
-    df, protocol = _pick(df, "shift", protocol, "protocol")
-    df, backbone = _pick(df, "backbone", backbone, "backbone")
-    df = df.assign(method=df["method"].where(~df["oracle"], df["method"] + " (oracle)"))
-    values = pd.to_numeric(df[metric], errors="coerce") * 100
-    cells = df.assign(value=values).groupby(["method", "domain"])["value"].mean().unstack("domain")
-    cells = cells.reindex(sorted(cells.columns, key=str.lower), axis=1)
-    cells["avg"] = cells.mean(axis=1, skipna=False)
-    seeds = df.groupby("method")["seed"].nunique()
-    cells.insert(0, "seeds", seeds)
-    meta = {"dataset": dataset, "protocol": protocol, "backbone": backbone, "metric": metric, "split": split}
-    return cells.sort_index(), meta
+        raise UeobenchError(f"no finished runs under {Path(results) / 'runs'}; start one with ueobench run")
+    df = _filter(df[df["split"] == split], filters or {})
+    if df.empty:
+        raise UeobenchError(f"no records for split '{split}'")
+    df = df.assign(method=df["method"].where(~df["oracle"], df["method"] + ORACLE_SUFFIX))
+    hidden = [a for a in AXES if a not in (rows, cols)]
+    averaged = [a for a in hidden if df[a].nunique() > 1]
+    bad = [a for a in averaged if a != "domain"]  # only domains are averaged implicitly
+    if bad:
+        vals = {a: sorted(df[a].astype(str).unique()) for a in bad}
+        raise UeobenchError("records differ in " + "; ".join(f"{a} ({', '.join(v)})" for a, v in vals.items())
+                            + "; filter them, e.g. --" + AXIS_ALIASES.get(bad[0], bad[0]) + f" '{vals[bad[0]][0]}'")
+    # one value per seed: the mean over the averaged axes; then mean, std and count over seeds
+    per_seed = df.groupby([rows, cols, "seed"], dropna=False)[metrics].mean()
+    per_seed_counts = df.groupby([rows, cols, "seed"]).size()
+    full = int(np.prod([df[a].nunique() for a in averaged])) if averaged else 1
+    row_labels = sorted(df[rows].astype(str).unique(), key=str.lower)
+    col_labels = sorted(df[cols].astype(str).unique(), key=str.lower)
+    oracle_rows = {r for r in row_labels if r.endswith(ORACLE_SUFFIX)} if rows == "method" else set()
+    cells: dict[tuple[str, str, str], Cell] = {}
+    for (r, c), grp in per_seed.groupby(level=[0, 1]):
+        complete = per_seed_counts.loc[(r, c)] >= full  # every averaged combination present for that seed
+        for m in metrics:
+            vals = grp[m][complete.values].dropna().to_numpy(dtype=float)
+            cells[(str(r), str(c), m)] = _cell(vals, seeds)
+    if average and len(col_labels) > 1:
+        for r in row_labels:
+            for m in metrics:
+                parts = [cells.get((r, c, m)) for c in col_labels]
+                ok = all(p is not None and p.mean is not None for p in parts)
+                vals = np.array([p.mean for p in parts], dtype=float) if ok else np.array([])
+                n = min((p.n for p in parts if p is not None), default=0) if ok else 0
+                cells[(r, "avg", m)] = Cell(float(vals.mean()) if ok else None, None, n, seeds)
+        col_labels = [*col_labels, "avg"]
+    _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_rows)
+    meta = {"rows": rows, "cols": cols, "metrics": metrics, "split": split, "averaged_over": averaged,
+            "seeds_expected": seeds, "score": score, "rule": rule,
+            **{a: sorted(df[a].astype(str).unique()) for a in hidden if df[a].nunique() == 1}}
+    table = Table(row_labels, col_labels, metrics, cells, meta, oracle_rows)
+    if reference:
+        attach_reference(table, df, reference)
+    return table
 
 
-def render_markdown(cells: pd.DataFrame, meta: dict[str, str]) -> str:
-    fmt = cells.copy()
-    for c in fmt.columns:
-        if c != "seeds":
-            fmt[c] = fmt[c].map(lambda v: "–" if pd.isna(v) else f"{v:.1f}")
-    title = (f"{meta['metric']} (%) on {meta['dataset']} / {meta['protocol']} / {meta['backbone']}, "
-             f"{meta['split']} split; mean over seeds; – = undefined or missing")
-    return title + "\n\n" + fmt.reset_index().to_markdown(index=False, tablefmt="github", disable_numparse=True) + "\n"
+def _cell(vals: np.ndarray, expected: int | None) -> Cell:
+    if len(vals) == 0:
+        return Cell(None, None, 0, expected)
+    std = float(vals.std(ddof=1)) if len(vals) > 1 else None
+    return Cell(float(vals.mean()), std, len(vals), expected)
+
+
+def _rank(cells, rows, cols, metrics, exclude: set[str]) -> None:
+    for c in cols:
+        for m in metrics:
+            sign = 1 if m in LOWER_IS_BETTER else -1
+            scored = sorted({round(cells[(r, c, m)].mean, 10) for r in rows
+                             if r not in exclude and (r, c, m) in cells and cells[(r, c, m)].mean is not None},
+                            key=lambda v: sign * v)
+            for r in rows:
+                cell = cells.get((r, c, m))
+                if cell is None or cell.mean is None or r in exclude:
+                    continue
+                pos = scored.index(round(cell.mean, 10)) + 1
+                cell.rank = pos if pos <= 2 and len(scored) > 1 else None
+
+
+# -------------------------------------------------------------------------------------- reported numbers
+
+REFERENCE_COLUMNS = ("dataset", "protocol", "domain", "backbone", "method", "metric", "value", "citation")
+
+
+def read_reference(path: str | Path) -> pd.DataFrame:
+    """Load and validate a file of published numbers (CSV, see ``reference/README.md``)."""
+    from .protocols import SHIFTS, load_protocol
+
+    p = Path(path)
+    try:
+        df = pd.read_csv(p, dtype=str, keep_default_na=False, comment="#")
+    except (OSError, pd.errors.ParserError) as e:
+        raise UeobenchError(f"{p}: cannot read reference numbers ({e})") from None
+    missing = [c for c in REFERENCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise UeobenchError(f"{p}: missing column(s) {missing}; expected {', '.join(REFERENCE_COLUMNS)}")
+    for i, row in df.iterrows():
+        where = f"{p}:{i + 2}"
+        try:
+            proto = load_protocol(row["dataset"])
+        except UeobenchError as e:
+            raise UeobenchError(f"{where}: {e}") from None
+        if row["protocol"] not in SHIFTS:
+            raise UeobenchError(f"{where}: protocol '{row['protocol']}' is not one of {', '.join(SHIFTS)}")
+        if row["domain"] != "avg" and not proto.has_domain(row["domain"]):
+            raise UeobenchError(f"{where}: dataset '{row['dataset']}' has no domain '{row['domain']}'")
+        if row["metric"] not in METRICS:
+            raise UeobenchError(f"{where}: metric '{row['metric']}' is not one of {', '.join(METRICS)}")
+        try:
+            v = float(row["value"])
+        except ValueError:
+            raise UeobenchError(f"{where}: value {row['value']!r} is not a number") from None
+        if not 0 <= v <= 100:
+            raise UeobenchError(f"{where}: value {v} is not a percentage in [0, 100]")
+        if not row["citation"].strip():
+            raise UeobenchError(f"{where}: every reported number needs a citation")
+    df["value"] = df["value"].astype(float)
+    df["domain_key"] = [
+        "avg" if d == "avg" else load_protocol(ds).domain(d).name for ds, d in zip(df["dataset"], df["domain"])
+    ]
+    return df
+
+
+def attach_reference(table: Table, df: pd.DataFrame, path: str | Path) -> None:
+    ref = read_reference(path)
+    rows, cols = table.meta["rows"], table.meta["cols"]
+    key_of = {"shift": "protocol", "domain": "domain_key"}
+    fixed = {a: df[a].iloc[0] for a in AXES if a not in (rows, cols) and df[a].nunique() == 1}
+    for a, v in fixed.items():
+        ref = ref[ref[key_of.get(a, a)] == v]
+    for _, r in ref.iterrows():
+        cell = table.cells.get((str(r[key_of.get(rows, rows)]), str(r[key_of.get(cols, cols)]), r["metric"]))
+        if cell is not None:
+            cell.reference = float(r["value"])
+            if r["citation"] not in table.citations:
+                table.citations.append(r["citation"])
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def cell_text(cell: Cell | None, latex: bool = False) -> str:
+    """"12.3 ± 0.4†" (fewer seeds than expected), with "(rep. 14.0, Δ -1.7)" when a reported number exists."""
+    if cell is None or cell.mean is None:
+        return "--" if latex else "–"
+    pm, dagger, delta = ("$\\pm$", "$^\\dagger$", "$\\Delta$") if latex else ("±", "†", "Δ")
+    text = _num(cell.mean)
+    if cell.std is not None:
+        text += f" {pm} {_num(cell.std)}"
+    if cell.short:
+        text += dagger
+    if cell.reference is not None:
+        text += f" (rep. {_num(cell.reference)}, {delta} {cell.mean - cell.reference:+.1f})"
+    return text
+
+
+def caption(t: Table) -> str:
+    m = t.meta
+    fixed = ", ".join(f"{AXIS_ALIASES.get(k, k) if k != 'shift' else 'protocol'} {v[0]}" for k, v in m.items()
+                      if k in AXES and isinstance(v, list) and len(v) == 1)
+    parts = [" / ".join(t.metrics) + f" (%, {m['split']} split)"]
+    if fixed:
+        parts.append(fixed)
+    if m["averaged_over"]:
+        parts.append("averaged over " + ", ".join("protocols" if a == "shift" else a + "s" for a in m["averaged_over"]))
+    parts.append("mean ± std over seeds; – = undefined or incomplete")
+    if m["seeds_expected"]:
+        parts.append(f"† fewer than {m['seeds_expected']} seeds")
+    if m["score"] or m["rule"]:
+        parts.append("recomputed with " + ", ".join(x for x in (m["score"] and f"score {m['score']}", m["rule"] and f"rule {m['rule']}") if x))
+    parts.append("best in bold, second underlined" + ("; oracle rows (target labels) unranked" if t.oracle_rows else ""))
+    return "; ".join(parts)
+
+
+def _joined(t: Table, r: str, c: str, wrap) -> str:
+    return " / ".join(wrap(t.cells.get((r, c, m))) for m in t.metrics)
+
+
+def _md(s: str) -> str:
+    """Names are text, never markup: GitHub renders raw HTML inside markdown tables."""
+    return html.escape(s, quote=False).replace("|", "\\|")
+
+
+def render_markdown(t: Table) -> str:
+    def wrap(cell: Cell | None) -> str:
+        s = cell_text(cell)
+        if cell is not None and cell.rank == 1:
+            return f"**{s}**"
+        if cell is not None and cell.rank == 2:
+            return f"<u>{s}</u>"
+        return s
+
+    head = [t.meta["rows"] if t.meta["rows"] != "shift" else "protocol", *t.cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * len(t.cols)) + "|"]
+    for r in t.rows:
+        lines.append("| " + " | ".join([_md(r), *(_joined(t, r, c, wrap) for c in t.cols)]) + " |")
+    out = caption(t) + "\n\n" + "\n".join(lines) + "\n"
+    if t.citations:
+        out += "\nReported numbers: " + "; ".join(t.citations) + "\n"
+    return out
+
+
+_LATEX_ESC = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+              "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def _tex(s: str) -> str:
+    return "".join(_LATEX_ESC.get(ch, ch) for ch in s)
+
+
+def render_latex(t: Table) -> str:
+    def wrap(cell: Cell | None) -> str:
+        s = cell_text(cell, latex=True)
+        if cell is not None and cell.rank == 1:
+            return f"\\textbf{{{s}}}"
+        if cell is not None and cell.rank == 2:
+            return f"\\underline{{{s}}}"
+        return s
+
+    head = [t.meta["rows"] if t.meta["rows"] != "shift" else "protocol", *t.cols]
+    lines = [
+        "% " + caption(t),
+        "\\begin{tabular}{l" + "r" * len(t.cols) + "}",
+        "\\toprule",
+        " & ".join(_tex(h) for h in head) + " \\\\",
+        "\\midrule",
+    ]
+    for r in t.rows:
+        lines.append(" & ".join([_tex(r), *(_joined(t, r, c, wrap) for c in t.cols)]) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _records(t: Table) -> list[dict[str, Any]]:
+    out = []
+    for r in t.rows:
+        for c in t.cols:
+            for m in t.metrics:
+                cell = t.cells.get((r, c, m))
+                if cell is None:
+                    continue
+                out.append({t.meta["rows"]: r, t.meta["cols"]: c, "metric": m, "mean": _round(cell.mean),
+                            "std": _round(cell.std), "seeds": cell.n, "rank": cell.rank,
+                            "oracle": r in t.oracle_rows, "reported": _round(cell.reference)})
+    return out
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def render_csv(t: Table) -> str:
+    rows = _records(t)
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def render_json(t: Table) -> str:
+    meta = {k: v for k, v in t.meta.items()}
+    doc = {"caption": caption(t), "meta": meta, "rows": t.rows, "cols": t.cols, "cells": _records(t),
+           "citations": t.citations}
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def render_html(t: Table) -> str:
+    def wrap(cell: Cell | None) -> str:
+        s = html.escape(cell_text(cell))
+        if cell is not None and cell.rank == 1:
+            return f"<b>{s}</b>"
+        if cell is not None and cell.rank == 2:
+            return f"<u>{s}</u>"
+        return s
+
+    e = html.escape
+    head = [t.meta["rows"] if t.meta["rows"] != "shift" else "protocol", *t.cols]
+    body = []
+    for r in t.rows:
+        cls = ' class="oracle"' if r in t.oracle_rows else ""
+        tds = "".join(f"<td>{_joined(t, r, c, wrap)}</td>" for c in t.cols)
+        body.append(f"<tr{cls}><th>{e(r)}</th>{tds}</tr>")
+    cites = f"<p>Reported numbers: {e('; '.join(t.citations))}</p>" if t.citations else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>ueobench leaderboard</title>\n"
+        "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}"
+        "th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:right}th:first-child{text-align:left}"
+        "tr.oracle{color:#777;font-style:italic}caption{caption-side:top;text-align:left;margin-bottom:.5em}</style>\n"
+        "</head>\n<body>\n<table>\n"
+        f"<caption>{e(caption(t))}</caption>\n"
+        "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead>\n"
+        "<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n" + cites + "\n</body>\n</html>\n"
+    )
+
+
+RENDERERS = {"md": render_markdown, "latex": render_latex, "csv": render_csv, "json": render_json, "html": render_html}
+
+
+def render(t: Table, fmt: str = "md") -> str:
+    if fmt not in RENDERERS:
+        raise UeobenchError(f"unknown format '{fmt}'{suggest(fmt, list(RENDERERS))}")
+    return RENDERERS[fmt](t)

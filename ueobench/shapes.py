@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 IMAGE_SIZE = 64
 PER_CLASS = {"train": 40, "test": 20}
 _SS = 2  # supersampling factor for anti-aliased edges
@@ -83,6 +83,17 @@ SHAPES: dict[str, np.ndarray | None] = {
 # ------------------------------------------------------------------------------------------------ styles
 
 
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (210, 40, 40), "green": (50, 160, 60), "blue": (40, 70, 200), "yellow": (230, 210, 40),
+    "orange": (240, 140, 30), "purple": (130, 50, 170), "pink": (240, 130, 180), "brown": (130, 80, 40),
+    "black": (25, 25, 25), "gray": (128, 128, 128), "white": (245, 245, 245), "cyan": (40, 200, 210),
+}
+
+
+def pick_colour(rng: np.random.Generator) -> str:
+    return list(COLOURS)[int(rng.integers(len(COLOURS)))]
+
+
 def _colour(rng: np.random.Generator, lo: int = 30, hi: int = 230) -> tuple[int, int, int]:
     return tuple(int(v) for v in rng.integers(lo, hi, 3))  # type: ignore[return-value]
 
@@ -115,13 +126,14 @@ def _transform(poly: np.ndarray, rng: np.random.Generator, size: int) -> tuple[n
     return poly @ rot.T * scale + centre, scale, centre
 
 
-def render(shape: str, style: str, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Image.Image:
-    """Draw one image of ``shape`` in ``style`` (real, clipart, painting or sketch)."""
+def render(shape: str, style: str, rng: np.random.Generator, size: int = IMAGE_SIZE, colour: str | None = None) -> Image.Image:
+    """Draw one image of ``shape`` in ``style`` (real, clipart, painting or sketch), filled with a named colour."""
+    colour = colour or pick_colour(rng)
     big = size * _SS
     bg = _background(style, rng, big)
     canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
-    fill = _colour(rng)
+    fill = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in COLOURS[colour])
     base = SHAPES[shape]
     poly = _ellipse(1, 1) if base is None else base
     pts, scale, centre = _transform(poly, rng, big)

@@ -1,0 +1,229 @@
+"""Leaderboards: golden files for every format, escaping, seeds, oracle handling, references, recomputation."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ueobench.leaderboard import build_table, read_reference, render
+from ueobench.metrics import evaluate
+from ueobench.records import write_run
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def fake_run(results: Path, method: str, shift: str, domain: str, seed: int, quality: float, oracle: bool = False):
+    """A record whose metrics are computed from synthetic predictions, as a real run's are."""
+    rng = np.random.default_rng([seed, len(method), len(domain), len(shift)])
+    k, n = 4, 120
+    labels = rng.integers(0, 6 if shift == "opda" else 4, n)
+    cos = rng.normal(0.2, 0.02, (n, k))
+    known = labels < k
+    cos[known, labels[known]] += quality * 0.012  # better methods separate classes more
+    cos[~known] -= quality * 0.01
+    metrics = {s: evaluate(cos, labels, k, logit_scale=100.0) for s in ("test", "target")}
+    identity = {"method": method, "options": {}, "dataset": "shapes", "shift": shift, "domain": domain,
+                "backbone": "tiny-vit:random", "seed": seed}
+    record = {"schema": 1, "run_id": f"{method}{'-oracle' if oracle else ''}-{shift}-{domain}-{seed}", "config": identity, "metrics": metrics,
+              "method": {"name": method, "oracle": oracle}, "protocol": {"num_known": k},
+              "evaluation": {"score": "mcm", "hscore_rule": "nent:0.5"}, "history": []}
+    arrays = {"logit_scale": np.array(100.0)}
+    for s in ("test", "target"):
+        arrays[f"{s}_logits"], arrays[f"{s}_labels"] = cos.astype(np.float32), labels
+    write_run(results, re.sub(r"[^A-Za-z0-9_.-]+", "-", record["run_id"]), record, arrays)
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    res = tmp_path / "res"
+    for method, q in (("zeroshot", 1.0), ("ent", 1.5), ("ueo", 2.0), ("<script>alert(1)</script>", 0.5)):
+        for shift in ("opda", "cda"):
+            for domain in ("clipart", "sketch"):
+                for seed in ((0, 1) if method != "ent" else (0,)):
+                    fake_run(res, method, shift, domain, seed, q)
+    fake_run(res, "ueo", "opda", "clipart", 0, 3.0, oracle=True)
+    fake_run(res, "ueo", "opda", "sketch", 0, 3.0, oracle=True)
+    return res
+
+
+def table_text(results, fmt, **kw):
+    args = dict(metrics=["acc", "auroc"], filters={"shift": "opda"}, seeds=2)
+    args.update(kw)
+    return render(build_table(results, **args), fmt)
+
+
+@pytest.mark.parametrize("fmt, ext", [("md", "md"), ("latex", "tex"), ("csv", "csv"), ("json", "json"), ("html", "html")])
+def test_golden_files(results, fmt, ext):
+    text = table_text(results, fmt)
+    assert text == table_text(results, fmt), "rendering must be deterministic"
+    golden = GOLDEN / f"table.{ext}"
+    if os.environ.get("UEOBENCH_UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+def test_markdown_content(results):
+    md = table_text(results, "md")
+    assert "| ueo (oracle) |" in md and "oracle rows (target labels) unranked" in md
+    ent = next(line for line in md.splitlines() if line.startswith("| ent |"))
+    assert "†" in ent  # ent has one seed, two were asked for
+    assert "±" in next(line for line in md.splitlines() if line.startswith("| ueo |"))
+    oracle = next(line for line in md.splitlines() if line.startswith("| ueo (oracle) |"))
+    assert "**" not in oracle and "<u>" not in oracle  # never ranked with label-free runs
+    ranked = render(build_table(results, ["acc"], filters={"shift": "opda"}, rank_oracle=True), "md")
+    assert "**" in next(line for line in ranked.splitlines() if line.startswith("| ueo (oracle) |"))
+
+
+def test_best_is_bold_and_second_underlined(results):
+    t = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot,ent,ueo"})
+    means = {r: t.cells[(r, "clipart", "acc")].mean for r in t.rows if r not in t.oracle_rows}
+    order = sorted(means, key=means.get, reverse=True)
+    assert t.cells[(order[0], "clipart", "acc")].rank == 1
+    assert t.cells[(order[1], "clipart", "acc")].rank == 2
+    assert t.cells[(order[2], "clipart", "acc")].rank is None
+    avg = t.cells[("ueo", "avg", "acc")]
+    assert avg.mean == pytest.approx((t.cells[("ueo", "clipart", "acc")].mean + t.cells[("ueo", "sketch", "acc")].mean) / 2)
+
+
+def test_mean_and_std_over_seeds(results):
+    t = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"})
+    recs = [json.loads((results / "runs" / f"zeroshot-opda-clipart-{s}" / "record.json").read_text()) for s in (0, 1)]
+    vals = [100 * r["metrics"]["test"]["acc"] for r in recs]
+    cell = t.cells[("zeroshot", "clipart", "acc")]
+    assert cell.n == 2 and cell.mean == pytest.approx(np.mean(vals)) and cell.std == pytest.approx(np.std(vals, ddof=1))
+
+
+def test_protocols_averaged_over_domains(results):
+    t = build_table(results, ["acc"], rows="method", cols="protocol", filters={"method": "ueo"})
+    per_domain = build_table(results, ["acc"], filters={"shift": "cda", "method": "ueo"})
+    assert t.cells[("ueo", "cda", "acc")].mean == pytest.approx(per_domain.cells[("ueo", "avg", "acc")].mean)
+    assert t.meta["averaged_over"] == ["domain"]
+
+
+def test_undefined_metric_is_a_dash_never_zero(results):
+    md = render(build_table(results, ["auroc"], filters={"shift": "cda"}), "md")
+    row = next(line for line in md.splitlines() if line.startswith("| ueo |"))
+    assert row == "| ueo | – | – | – |"
+
+
+def test_html_parses_and_escapes_hostile_names(results):
+    page = table_text(results, "html")
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+    class Collect(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.cells = [], 0
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.cells += tag == "td"
+
+    p = Collect()
+    p.feed(page)
+    p.close()
+    assert "script" not in p.tags and "table" in p.tags and p.cells == 5 * 3
+
+
+def test_latex_escapes(results):
+    tex = table_text(results, "latex")
+    assert r"\textless{}" not in tex  # no raw < > in LaTeX output either
+    assert "<script>" in tex  # angle brackets are literal in LaTeX text; the & and _ specials are escaped
+    assert r"\toprule" in tex and r"\bottomrule" in tex
+
+
+def test_glob_filters_and_clear_errors(results):
+    t = build_table(results, ["acc"], filters={"shift": "op*", "method": "u*"})
+    assert t.rows == ["ueo", "ueo (oracle)"]
+    with pytest.raises(Exception, match="no records match method 'nope'"):
+        build_table(results, ["acc"], filters={"method": "nope"})
+    with pytest.raises(Exception, match="records differ in shift"):
+        build_table(results, ["acc"], rows="domain", cols="method")  # protocols are never averaged silently
+
+
+def test_recomputed_metrics_equal_stored_when_nothing_changed(results):
+    stored = build_table(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"})
+    again = build_table(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"}, score="mcm", rule="nent:0.5")
+    forced = build_table(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"}, score="energy")
+    for key, cell in stored.cells.items():
+        assert again.cells[key].mean == pytest.approx(cell.mean) if cell.mean is not None else again.cells[key].mean is None
+    assert any(forced.cells[k].mean != c.mean for k, c in stored.cells.items() if k[2] == "auroc" and c.mean)
+    assert all(forced.cells[k].mean == pytest.approx(c.mean) for k, c in stored.cells.items() if k[2] == "acc" and c.mean)
+
+
+def test_cli_table_recompute_and_output(cli, results, tmp_path):
+    out = tmp_path / "t.html"
+    r = cli("table", "--results", str(results), "--protocol", "opda", "--metric", "auroc", "--score", "energy",
+            "--format", "html", "--output", str(out))
+    assert r.exit_code == 0, r.output
+    assert "recomputed with score energy" in out.read_text()
+
+
+REFERENCE = """dataset,protocol,domain,backbone,method,metric,value,citation
+shapes,opda,clipart,tiny-vit:random,ueo,acc,50.0,"Example: a number typed in by hand, not a published result"
+"""
+
+
+def test_reference_numbers_side_by_side(results, tmp_path):
+    ref = tmp_path / "ref.csv"
+    ref.write_text(REFERENCE)
+    t = build_table(results, ["acc"], filters={"shift": "opda"}, reference=ref)
+    cell = t.cells[("ueo", "clipart", "acc")]
+    assert cell.reference == 50.0
+    md = render(t, "md")
+    assert f"(rep. 50.0, Δ {cell.mean - 50:+.1f})" in md and "Reported numbers: Example" in md
+
+
+@pytest.mark.parametrize("line, message", [
+    ("shapes,xda,clipart,b,ueo,acc,50,c", "protocol 'xda'"),
+    ("shapes,opda,nowhere,b,ueo,acc,50,c", "no domain 'nowhere'"),
+    ("shapes,opda,clipart,b,ueo,accuracy,50,c", "metric 'accuracy'"),
+    ("shapes,opda,clipart,b,ueo,acc,150,c", "not a percentage"),
+    ("shapes,opda,clipart,b,ueo,acc,x,c", "is not a number"),
+    ("shapes,opda,clipart,b,ueo,acc,50,", "needs a citation"),
+])
+def test_reference_validator(tmp_path, line, message):
+    f = tmp_path / "bad.csv"
+    f.write_text(REFERENCE.splitlines()[0] + "\n" + line + "\n")
+    with pytest.raises(Exception, match=message) as e:
+        read_reference(f)
+    assert f"{f}:2" in str(e.value)
+
+
+def test_shipped_reference_example_is_valid(cli):
+    example = Path(__file__).resolve().parents[1] / "reference" / "example.csv"
+    r = cli("reference", "check", str(example))
+    assert r.exit_code == 0 and "all valid" in r.output
+
+
+@pytest.mark.parametrize("kind, extra", [("scatter", []), ("bars", ["--metric", "auroc", "--protocol", "opda"])])
+def test_plots_are_non_empty_images(cli, results, tmp_path, kind, extra):
+    from PIL import Image
+
+    for ext in ("png", "svg"):
+        out = tmp_path / f"{kind}.{ext}"
+        r = cli("plot", kind, "--results", str(results), "--output", str(out), *extra)
+        assert r.exit_code == 0, r.output
+        assert out.stat().st_size > 1000
+        if ext == "png":
+            im = Image.open(out).convert("L")
+            assert np.asarray(im).std() > 5  # not a blank canvas
+        else:
+            assert out.read_text().lstrip().startswith("<?xml") and "<path" in out.read_text()
+
+
+def test_training_curves_plot(cli, tmp_path):
+    from conftest import TINY
+
+    r = cli("run", "--method", "ueo", "--protocol", "oda", "--domain", "real", "--backbone", TINY,
+            "--epochs", "2", "--set", "eval_every=1")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "curves.png"
+    r = cli("plot", "curves", "--run", "ueo_shapes_oda_real", "--output", str(out))
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 5000
