@@ -7,12 +7,14 @@ from .method import AdaptContext, Method, Options, register_method
 __version__ = "0.1.0"
 __all__ = ["UeobenchError", "Method", "Options", "AdaptContext", "register_method", "__version__"]
 
+_API = {"run", "table", "show_protocol", "check_data", "describe_methods", "list_methods", "list_backbones",
+        "list_datasets", "load_protocol", "add_plugin_folder", "get_method"}
+
 
 def __getattr__(name: str):
     # The API pulls in torch and open_clip; import it lazily so `import ueobench` in a plugin stays cheap.
+    if name not in _API:
+        raise AttributeError(f"module 'ueobench' has no attribute {name!r}")
     import importlib
 
-    api = importlib.import_module("ueobench.api")
-    if name in api.__all__:
-        return getattr(api, name)
-    raise AttributeError(f"module 'ueobench' has no attribute {name!r}")
+    return getattr(importlib.import_module("ueobench.api"), name)

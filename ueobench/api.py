@@ -37,6 +37,13 @@ def table(results: str = "results", metric: str | list[str] = "acc", rows: str =
     return render(t, fmt)
 
 
+def plugin_folders() -> list:
+    """Folders given with ``--plugins`` in this process."""
+    from .method import _plugin_dirs
+
+    return list(_plugin_dirs)
+
+
 def show_protocol(dataset: str, shift: str) -> dict[str, Any]:
     return load_protocol(dataset).roles(shift)
 

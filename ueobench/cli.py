@@ -178,6 +178,108 @@ def reference_check(path: str) -> None:
     click.echo(f"{path}: {len(df)} reported numbers from {df['citation'].nunique()} source(s), all valid")
 
 
+@cli.command()
+@click.option("--method", required=True, help="Comma-separated methods.")
+@click.option("--protocol", default="all", show_default=True, help="Comma-separated shifts, or all.")
+@click.option("--domain", default="all", show_default=True, help="Comma-separated domains, or all (per dataset).")
+@click.option("--dataset", default="shapes", show_default=True, help="Comma-separated datasets.")
+@click.option("--seed", "seeds", default="0", show_default=True, help="Seeds: 0-2, or 0,3,5.")
+@click.option("--backbone", default=None, help="Comma-separated backbones (default: each dataset's).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method option for every run (repeatable).")
+@click.option("--epochs", default=None, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--data-root", default=None)
+@click.option("--results", default="results", show_default=True)
+@click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "slurm", "submitit-local"]))
+@click.option("--workers", default=1, show_default=True, type=int, help="local: worker processes (one per GPU on CUDA).")
+@click.option("--partition", default=None, help="slurm: partition.")
+@click.option("--time", "time_min", default=120, show_default=True, type=int, help="slurm: minutes per job.")
+@click.option("--gpus", default=1, show_default=True, type=int, help="slurm: GPUs per job.")
+@click.option("--array-parallelism", default=64, show_default=True, type=int, help="slurm: array jobs at once.")
+@click.option("--sbatch", multiple=True, metavar="KEY=VALUE", help="slurm: extra sbatch options (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and the state of each run; run nothing.")
+@click.option("--retry-failed", is_flag=True, help="Rerun runs that failed before.")
+@click.option("--force", is_flag=True, help="Rerun finished runs too.")
+def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, backbone: str | None,
+          sets: tuple[str, ...], epochs: int | None, device: str, data_root: str | None, results: str, launcher: str,
+          workers: int, partition: str | None, time_min: int, gpus: int, array_parallelism: int,
+          sbatch: tuple[str, ...], dry_run: bool, retry_failed: bool, force: bool) -> None:
+    """Run or resume a grid of runs; finished runs are skipped, interrupted ones redone."""
+    from . import sweep as sw
+    from .progress import make_progress
+
+    options = _parse_sets(sets)
+    if epochs is not None:
+        options["epochs"] = str(epochs)
+    spec = sw.SweepSpec(
+        methods=sw.parse_list(method, api.list_methods(), "--method"),
+        protocols=sw.parse_list(protocol, list(SHIFTS), "--protocol"),
+        domains=sw.parse_list(domain, ["all"], "--domain"),
+        datasets=sw.parse_list(dataset, api.list_datasets(), "--dataset"),
+        seeds=sw.parse_seeds(seeds), backbones=sw.parse_list(backbone) or [None], options=options,
+        results=results, data_root=data_root, device=device,
+        plugins=[str(p) for p in api.plugin_folders()],
+    )
+    jobs = sw.expand(spec)
+    names = [sw.job_name(j) for j in jobs]
+    if dry_run:
+        states = [sw.state(results, n) for n in names]
+        for j, n, st in zip(jobs, names, states):
+            click.echo(f"{st:<8} {n}  backbone={j.backbone or 'default'}")
+        counts = {s: states.count(s) for s in sw.STATES}
+        click.echo(f"{len(jobs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        return
+    plan = sw.save_plan(spec, jobs, names)
+    with make_progress() as progress:
+        if launcher == "local" and workers <= 1:
+            outcome = sw.run_local(jobs, names, retry_failed, force, progress)
+        elif launcher == "local":
+            codes = sw.run_workers(plan, workers, retry_failed, force, names, results, progress)
+            if any(codes):
+                click.echo(f"warning: {sum(c != 0 for c in codes)} of {workers} workers exited abnormally "
+                           f"(codes {codes}); rerun the same sweep to resume", err=True)
+            outcome = None
+        else:
+            cluster = "slurm" if launcher == "slurm" else "local"
+            slurm = {"partition": partition, "time": time_min, "gpus": gpus, "array_parallelism": array_parallelism,
+                     "sbatch": _parse_sets(sbatch)}
+            ids = sw.run_submitit(jobs, names, retry_failed, force, cluster, slurm, spec.plugins)
+            if cluster == "slurm":
+                click.echo(f"submitted {len(ids)} array tasks; follow them with: ueobench status --results {results}")
+                return
+            outcome = None
+    counts = sw.grid_status(results, names)
+    click.echo(f"sweep {spec.key()}: {len(jobs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if outcome:
+        click.echo("this invocation: " + ", ".join(f"{v} {k}" for k, v in sorted(outcome.items())))
+    if counts["failed"]:
+        click.echo(f"failed runs keep their error and traceback in {results}/failed/; rerun them with --retry-failed")
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--results", default="results", show_default=True)
+@click.option("--verbose", "-v", is_flag=True, help="List every run that is not done.")
+def status(results: str, verbose: bool) -> None:
+    """Done, running, failed and pending runs of every sweep launched into a results folder."""
+    from . import sweep as sw
+
+    found = False
+    for path in sw.plans(results):
+        found = True
+        spec, jobs, names = sw.load_plan(path)
+        counts = sw.grid_status(results, names)
+        click.echo(f"sweep {spec.key()} ({', '.join(spec.methods)} x {', '.join(spec.protocols)} x "
+                   f"{', '.join(spec.datasets)}): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        if verbose:
+            for n in names:
+                st = sw.state(results, n)
+                if st != "done":
+                    click.echo(f"  {st:<8} {n}")
+    if not found:
+        click.echo(f"no sweeps under {results}/sweeps")
+
+
 @cli.group(name="list", cls=_Group)
 def list_() -> None:
     """List methods, backbones, datasets or scores."""

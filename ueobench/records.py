@@ -72,6 +72,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small file so that readers see the old content or the new, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_run(results: str | Path, name: str, record: dict[str, Any], arrays: dict[str, np.ndarray], force: bool = False) -> Path:
     """Write predictions and record into a temp folder, then rename it into place atomically."""
     root = runs_dir(results)

@@ -1,0 +1,319 @@
+"""Grids of runs: expansion, a dry-run plan, claims that keep a run from executing twice, failure records,
+status, and launchers (local, local worker processes, SLURM through submitit).
+
+Every job is identified by the content hash of its resolved configuration (``records.run_name``). A job is
+
+- *done* when its run folder exists (written atomically by the runner);
+- *running* while some process holds its claim: an exclusive ``filelock`` lock on
+  ``<results>/claims/<run>.lock``. The operating system drops the lock when the holder dies, even by SIGKILL,
+  so a killed worker's run becomes claimable again;
+- *failed* when ``<results>/failed/<run>.json`` holds its error and traceback (and it is not done);
+- *pending* otherwise.
+
+Workers never share anything but the results folder, so any number of processes, on one host or several
+hosts sharing a filesystem, can work through the same grid.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any, Iterator
+
+from filelock import FileLock, Timeout
+
+from .errors import UeobenchError
+from .protocols import SHIFTS, load_protocol
+from .records import atomic_write_text, canonical_json, find_record, runs_dir
+from .runner import RunRequest, prepare, run
+
+STATES = ("done", "running", "failed", "pending")
+
+
+# ------------------------------------------------------------------------------------------------ axes
+
+
+def parse_list(value: str | None, all_values: list[str] | None = None, what: str = "value") -> list[str]:
+    """``a,b``, ``all`` (when the axis has a known set of values)."""
+    if value is None:
+        return []
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if items == ["all"]:
+        if all_values is None:
+            raise UeobenchError(f"'all' is not available for {what}")
+        return list(all_values)
+    return items
+
+
+def parse_seeds(value: str) -> list[int]:
+    """``0-2`` -> [0, 1, 2]; ``0,3,5``; or mixes of both."""
+    seeds: list[int] = []
+    for part in value.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            elif part:
+                seeds.append(int(part))
+        except ValueError:
+            raise UeobenchError(f"bad --seed '{value}'; use a list or ranges such as 0-2 or 0,3,5") from None
+    return list(dict.fromkeys(seeds))
+
+
+@dataclass
+class SweepSpec:
+    """What ``ueobench sweep`` was asked for; ``expand`` turns it into run requests."""
+
+    methods: list[str]
+    protocols: list[str]
+    domains: list[str]
+    datasets: list[str]
+    seeds: list[int]
+    backbones: list[str | None]
+    options: dict[str, str] = field(default_factory=dict)
+    results: str = "results"
+    data_root: str | None = None
+    device: str = "auto"
+    eval_batch_size: int = 256
+    score: str = "mcm"
+    rule: str = "nent:0.5"
+    plugins: list[str] = field(default_factory=list)  # --plugins folders, loaded again in every worker
+
+    def key(self) -> str:
+        return hashlib.sha256(canonical_json(asdict(self)).encode()).hexdigest()[:12]
+
+
+def expand(spec: SweepSpec) -> list[RunRequest]:
+    """The grid, in a stable order. ``all`` domains are taken per dataset."""
+    from dataclasses import fields as dc_fields
+
+    from .method import build_options, get_method
+
+    declared = {m: {f.name for f in dc_fields(get_method(m).Options)} for m in spec.methods}
+    for key in spec.options:
+        if not any(key in d for d in declared.values()):
+            build_options(get_method(spec.methods[0]), {key: spec.options[key]})  # raises with a suggestion
+    jobs = []
+    for dataset in spec.datasets:
+        proto = load_protocol(dataset)
+        domains = [d.name for d in proto.domains] if spec.domains == ["all"] else [proto.domain(d).name for d in spec.domains]
+        for p in spec.protocols:
+            proto.split(p)
+        for backbone, method, shift, domain, seed in product(spec.backbones, spec.methods, spec.protocols, domains, spec.seeds):
+            jobs.append(RunRequest(
+                method=method, protocol=shift, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
+                options={k: v for k, v in spec.options.items() if k in declared[method]}, eval_batch_size=spec.eval_batch_size, device=spec.device,
+                data_root=spec.data_root, results=spec.results, score=spec.score, rule=spec.rule,
+            ))
+    if not jobs:
+        raise UeobenchError("the sweep expands to no runs")
+    return jobs
+
+
+# ------------------------------------------------------------------------------------------- job state
+
+
+def claims_dir(results: str | Path) -> Path:
+    return Path(results) / "claims"
+
+
+def failed_dir(results: str | Path) -> Path:
+    return Path(results) / "failed"
+
+
+def job_name(req: RunRequest) -> str:
+    return prepare(req)["name"]
+
+
+def is_running(results: str | Path, name: str) -> bool:
+    lock_path = claims_dir(results) / f"{name}.lock"
+    if not lock_path.exists():
+        return False
+    lock = FileLock(str(lock_path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def state(results: str | Path, name: str) -> str:
+    if (runs_dir(results) / name / "record.json").is_file():
+        return "done"
+    if is_running(results, name):
+        return "running"
+    if (failed_dir(results) / f"{name}.json").is_file():
+        return "failed"
+    return "pending"
+
+
+def record_failure(req: RunRequest, name: str, exc: BaseException) -> Path:
+    path = failed_dir(req.results) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "run_id": name,
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "request": {k: v for k, v in asdict(req).items()},
+        "host": os.uname().nodename,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def execute(req: RunRequest, name: str | None = None, retry_failed: bool = False, force: bool = False) -> str:
+    """Claim and run one job; returns what happened: done, skipped, running-elsewhere, failed, failed-before."""
+    name = name or job_name(req)
+    results = req.results
+    if not force and state(results, name) == "done":
+        return "skipped"
+    if not retry_failed and not force and (failed_dir(results) / f"{name}.json").is_file():
+        return "failed-before"
+    claims_dir(results).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(claims_dir(results) / f"{name}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return "running-elsewhere"
+    try:
+        if not force and (runs_dir(results) / name / "record.json").is_file():
+            return "skipped"  # finished by another worker between our check and our claim
+        try:
+            run(dataclasses.replace(req, force=force))
+        except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+            record_failure(req, name, e)
+            return "failed"
+        (failed_dir(results) / f"{name}.json").unlink(missing_ok=True)
+        return "done"
+    finally:
+        lock.release()
+
+
+# ----------------------------------------------------------------------------------------------- plans
+
+
+def save_plan(spec: SweepSpec, jobs: list[RunRequest], names: list[str]) -> Path:
+    """``<results>/sweeps/<key>.json``: the spec and its run names, so ``ueobench status`` can report the grid."""
+    path = Path(spec.results) / "sweeps" / f"{spec.key()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"key": spec.key(), "spec": asdict(spec), "jobs": [asdict(j) for j in jobs], "names": names}
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def load_plan(path: str | Path) -> tuple[SweepSpec, list[RunRequest], list[str]]:
+    doc = json.loads(Path(path).read_text())
+    return SweepSpec(**doc["spec"]), [RunRequest(**j) for j in doc["jobs"]], doc["names"]
+
+
+def plans(results: str | Path) -> Iterator[Path]:
+    d = Path(results) / "sweeps"
+    if d.is_dir():
+        yield from sorted(d.glob("*.json"))
+
+
+def grid_status(results: str | Path, names: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(STATES, 0)
+    for n in names:
+        counts[state(results, n)] += 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------------- launchers
+
+
+def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, progress=None) -> dict[str, int]:
+    outcome: dict[str, int] = {}
+    task = progress.add_task("sweep", total=len(jobs)) if progress is not None else None
+    for req, name in zip(jobs, names):
+        what = execute(req, name, retry_failed, force)
+        outcome[what] = outcome.get(what, 0) + 1
+        if task is not None:
+            progress.advance(task)
+    return outcome
+
+
+def worker_main(plan_path: str, retry_failed: bool = False, force: bool = False) -> dict[str, int]:
+    """One worker process: go through the plan, claiming each job that is not done or taken."""
+    from .method import add_plugin_folder
+
+    spec, jobs, names = load_plan(plan_path)
+    for folder in spec.plugins:
+        add_plugin_folder(folder)
+    return run_local(jobs, names, retry_failed, force)
+
+
+def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names: list[str], results: str,
+                progress=None) -> list[int]:
+    """N worker processes over one plan; on GPUs each is pinned to one device via CUDA_VISIBLE_DEVICES."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    procs = []
+    for i in range(n):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        else:
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+        env["UEOBENCH_NO_PROGRESS"] = "1"
+        cmd = [sys.executable, "-m", "ueobench.sweep", str(plan_path)] + (["--retry-failed"] if retry_failed else []) + (
+            ["--force"] if force else [])
+        procs.append(subprocess.Popen(cmd, env=env))
+    task = progress.add_task(f"sweep ({n} workers)", total=len(names)) if progress is not None else None
+    while any(p.poll() is None for p in procs):
+        if task is not None:
+            progress.update(task, completed=sum(state(results, x) in ("done", "failed") for x in names))
+        time.sleep(1.0)
+    return [p.returncode for p in procs]
+
+
+def _submitit_job(req_dict: dict[str, Any], name: str, retry_failed: bool, force: bool, plugins: list[str]) -> str:
+    from .method import add_plugin_folder
+
+    for folder in plugins:
+        add_plugin_folder(folder)
+    return execute(RunRequest(**req_dict), name, retry_failed, force)
+
+
+def run_submitit(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, cluster: str,
+                 slurm: dict[str, Any], plugins: list[str] | None = None) -> list[str]:
+    """Submit one array job through submitit; ``cluster`` is "slurm" or "local" (submitit's local executor)."""
+    try:
+        import submitit
+    except ImportError:
+        raise UeobenchError("the slurm launcher needs submitit: pip install 'ueobench[slurm]'") from None
+    folder = Path(jobs[0].results) / "submitit" / "%j"
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    params: dict[str, Any] = {"timeout_min": slurm.get("time", 60)}
+    if cluster == "slurm":
+        params.update(slurm_partition=slurm.get("partition"), gpus_per_node=slurm.get("gpus", 1),
+                      slurm_array_parallelism=slurm.get("array_parallelism", 64),
+                      slurm_additional_parameters=slurm.get("sbatch", {}))
+        params = {k: v for k, v in params.items() if v is not None}
+    executor.update_parameters(**params)
+    todo = [(j, n) for j, n in zip(jobs, names) if force or state(j.results, n) != "done"]
+    if not todo:
+        return []
+    submitted = executor.map_array(_submitit_job, [asdict(j) for j, _ in todo], [n for _, n in todo],
+                                   [retry_failed] * len(todo), [force] * len(todo), [list(plugins or [])] * len(todo))
+    return [r.result() for r in submitted] if cluster == "local" else [s.job_id for s in submitted]
+
+
+if __name__ == "__main__":  # python -m ueobench.sweep PLAN [--retry-failed] [--force]: one worker
+    worker_main(sys.argv[1], "--retry-failed" in sys.argv, "--force" in sys.argv)
