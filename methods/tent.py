@@ -37,6 +37,9 @@ class Tent(PromptTuningMethod):
             bn.running_mean = None
             bn.running_var = None
 
+    def uses_frozen_features(self) -> bool:
+        return False  # BatchNorm uses batch statistics: an image's features depend on its batch
+
     def objective(self, probs, idx):
         return entropy_loss(probs)
 

@@ -40,13 +40,9 @@ class UEO(PromptTuningMethod):
         elif self.options.weights == "oracle":
             labels = torch.as_tensor(context.target_labels())
             self.weights = (labels < len(self.class_names)).float() + 1e-3
-        else:
-            self.weights = torch.empty(n)
-            loader = context.make_loader(context.eval_transform, self.options.batch_size * 3, shuffle=False)
-            with torch.no_grad():
-                for images, idx in loader:
-                    cos = self.cosine(images.to(context.device)).float()
-                    self.weights[idx] = torch.softmax(cos, dim=1).max(dim=1).values.cpu()  # T = 1
+        else:  # zero-shot max softmax at T = 1 over the adaptation set, test transform (shared features)
+            cos = self.predict_features(context.image_features()).float()
+            self.weights = torch.softmax(cos, dim=1).max(dim=1).values.cpu()
         self.weights = self.weights.to(context.device)
 
     def objective(self, probs, idx):

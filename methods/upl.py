@@ -51,11 +51,8 @@ class UPL(Method):
     def pseudo_labels(self, context) -> tuple[list[int], torch.Tensor]:
         text = encode_texts(self.backbone, prompt_texts(context.prompt, self.class_names))
         scale = self.backbone.model.logit_scale.exp().item()
-        conf = torch.empty(context.num_adapt)
-        pred = torch.empty(context.num_adapt, dtype=torch.long)
-        for images, idx in context.make_loader(context.eval_transform, 128, shuffle=False):
-            p = torch.softmax(scale * encode_images(self.backbone, images) @ text.T, dim=1).cpu()
-            conf[idx], pred[idx] = p.max(dim=1)
+        probs = torch.softmax(scale * context.image_features() @ text.T, dim=1).cpu()
+        conf, pred = probs.max(dim=1)
         chosen: list[int] = []
         for k in range(len(self.class_names)):
             members = (pred == k).nonzero().flatten()
@@ -82,10 +79,16 @@ class UPL(Method):
                              transform=random_resized_crop(self.backbone, (0.08, 1.0)), eval_every=o.eval_every)
             self.history += fit(spec, context, step_loss, label=f"upl prompt {i + 1}/{o.ensemble}")
 
+    def uses_frozen_features(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def predict_features(self, features):
+        return torch.stack([features @ pl().T for pl in self.learners]).mean(0)
+
     @torch.no_grad()
     def predict(self, images):
-        feats = encode_images(self.backbone, images)
-        return torch.stack([feats @ pl().T for pl in self.learners]).mean(0)
+        return self.predict_features(encode_images(self.backbone, images))
 
     def reset(self):
         with torch.no_grad():

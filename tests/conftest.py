@@ -26,8 +26,9 @@ def _isolated_env(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _in_tmp_cwd(tmp_path, monkeypatch):
-    """Each test runs in its own folder, so ``results/`` and ``ueobench.toml`` never leak between tests."""
+    """Each test runs in its own folder, so ``results/``, ``ueobench.toml`` and cached features never leak."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UEOBENCH_FEATURE_CACHE", str(tmp_path / "feature-cache"))
 
 
 @pytest.fixture

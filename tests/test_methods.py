@@ -108,7 +108,7 @@ def test_training_seeded_rerun_is_identical(cli):
     assert cli(*args).exit_code == 0
     [d] = list(Path("results/runs").iterdir())
     rec1, preds1 = json.loads((d / "record.json").read_text()), (d / "predictions.npz").read_bytes()
-    assert [h["epoch"] for h in rec1["history"]] == [1, 2] and "metrics" in rec1["history"][0]
+    assert [h["epoch"] for h in rec1["history"]] == [0, 1, 2] and "metrics" in rec1["history"][0]
     assert cli(*args, "--force").exit_code == 0
     rec2 = json.loads((d / "record.json").read_text())
     assert (d / "predictions.npz").read_bytes() == preds1

@@ -54,6 +54,7 @@ class ShiftData:
     domain: DomainData
     adapt: list[tuple[str | int, int]]
     test: list[tuple[str | int, int]]
+    adapt_index: list[int]  # positions of ``adapt`` in ``domain.adapt`` (``test`` is all of ``domain.test``)
 
     @property
     def known_names(self) -> list[str]:
@@ -294,13 +295,14 @@ def apply_shift(protocol: Protocol, shift: str, data: DomainData) -> ShiftData:
     split = protocol.split(shift)
     remap = split.label_map()
     target = set(split.target)
-    adapt = [(e.ref, remap[e.label]) for e in data.adapt if e.label in target]
+    adapt_index = [i for i, e in enumerate(data.adapt) if e.label in target]
+    adapt = [(data.adapt[i].ref, remap[data.adapt[i].label]) for i in adapt_index]
     test = [(e.ref, remap[e.label]) for e in data.test]
     if not adapt:
         raise DataError(f"dataset '{protocol.name}' domain '{data.domain}': no adaptation images of the {shift} target classes")
     if not test:
         raise DataError(f"dataset '{protocol.name}' domain '{data.domain}': the test split is empty")
-    return ShiftData(protocol, split, data, adapt, test)
+    return ShiftData(protocol, split, data, adapt, test, adapt_index)
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -59,6 +59,8 @@ class AdaptContext:
     evaluate: Callable[[], dict[str, Any]] | None = None
     #: labels of the adaptation data; refused unless the method declares it is an oracle
     target_labels: Callable[[], Any] | None = None
+    #: eval-transform image features of the adaptation data [N, D] (shared, cached), in ``make_loader`` index order
+    image_features: Callable[[], torch.Tensor] | None = None
     progress: Any = None
 
 
@@ -92,6 +94,17 @@ class Method:
 
     def reset(self) -> None:
         """Return to the state right after ``setup``."""
+
+    def uses_frozen_features(self) -> bool:
+        """True while predictions depend on an image only through the untouched image tower's features.
+
+        The runner then evaluates with cached features and ``predict_features`` instead of ``predict``.
+        """
+        return False
+
+    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities from L2-normalised image features [B, D]; needed when ``uses_frozen_features``."""
+        raise NotImplementedError
 
     def is_oracle(self) -> bool:
         """True when this configuration reads target labels; an option may turn it on (UEO's oracle weights)."""

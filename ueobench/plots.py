@@ -87,11 +87,12 @@ def curves(out: str | Path, run: str, results: str = "results") -> Path:
         raise UeobenchError(f"run {rec['run_id']} has no training history (method '{rec['config']['method']}' does not train)")
     plt = _figure()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
-    ax1.plot([h["epoch"] for h in hist], [h["loss"] for h in hist], marker=".")
+    trained = [h for h in hist if "loss" in h]
+    ax1.plot([h["epoch"] for h in trained], [h["loss"] for h in trained], marker=".")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss")
     points = [(h["epoch"], h["metrics"]) for h in hist if "metrics" in h]
-    points.append((hist[-1]["epoch"], rec["metrics"]))
+    points.append((max(h["epoch"] for h in hist), rec["metrics"]))
     for split in ("test", "target"):
         for m in ("acc", "auroc", "hscore"):
             ys = [p[1][split].get(m) for p in points]

@@ -53,6 +53,7 @@ class PromptTuningMethod(Method):
         self._initial = {"ctx": self.prompt.ctx.detach().clone(),
                          **{n: p.detach().clone() for n, p in self.norms.items()}}
         self._text_cache: tuple[int, torch.Tensor] | None = None
+        self._image_tower_moved = False
         self.history: list[dict[str, Any]] = []
 
     def trainable_parameters(self) -> dict[str, list[torch.nn.Parameter]]:
@@ -82,6 +83,13 @@ class PromptTuningMethod(Method):
         """Logit scale of the training softmax: CLIP's own (about 100 for OpenAI weights)."""
         return self.backbone.model.logit_scale.exp().detach()
 
+    def uses_frozen_features(self) -> bool:
+        return not self._image_tower_moved
+
+    @torch.no_grad()
+    def predict_features(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.text_features().T
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.cosine(images)
@@ -92,6 +100,7 @@ class PromptTuningMethod(Method):
         raise NotImplementedError
 
     def step_loss(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        self._image_tower_moved = self._image_tower_moved or bool(self.norms)
         probs = torch.softmax(self.scale() * self.cosine(images).float(), dim=1)
         return self.objective(probs, idx)
 
@@ -118,3 +127,4 @@ class PromptTuningMethod(Method):
             for n, p in self.norms.items():
                 p.copy_(self._initial[n])
         self._text_cache = None
+        self._image_tower_moved = False

@@ -46,6 +46,7 @@ class RunRequest:
     rule: str = DEFAULT_RULE
     force: bool = False
     workers: int | None = None
+    cache: bool = True  # share frozen image features through the on-disk cache (results are identical)
 
 
 @dataclass
@@ -189,6 +190,7 @@ class Session:
     context: AdaptContext
     evaluate_splits: Any  # () -> (metrics per split, prediction arrays)
     groups: dict[str, list[torch.nn.Parameter]]
+    features: Any  # the FeatureStore: counts images encoded and reused
 
 
 def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) -> Session:
@@ -214,11 +216,33 @@ def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) ->
 
     method = plan["method_cls"](plan["options"])
 
+    from .features import FeatureStore, feature_cache_dir
+
+    store = FeatureStore(backbone, sd.domain.opener, backbone.preprocess, req.eval_batch_size, device,
+                         sd.domain.location, feature_cache_dir() if req.cache else None,
+                         None if isinstance(progress, NullProgress) else progress)
+
+    def split_features(split_name: str) -> np.ndarray:
+        if split_name == "test":
+            return store.features([e.ref for e in sd.domain.test])
+        return store.features([e.ref for e in sd.domain.adapt])[sd.adapt_index]
+
+    def split_logits(split_name: str, items) -> tuple[np.ndarray, np.ndarray]:
+        if not method.uses_frozen_features():
+            return predict_split(method, loader(items, backbone.preprocess, req.eval_batch_size), progress,
+                                 f"{method.name} on {split_name}")
+        feats = torch.from_numpy(split_features(split_name)).to(device)
+        with torch.no_grad():
+            cos = torch.cat([method.predict_features(feats[i : i + req.eval_batch_size]).float().cpu()
+                             for i in range(0, len(feats), req.eval_batch_size)]).numpy()
+        if not np.isfinite(cos).all():
+            raise UeobenchError(f"{method.name} on {split_name}: the method produced NaN or inf logits; the run is not recorded")
+        return cos, np.array([y for _, y in items], dtype=np.int64)
+
     def evaluate_splits() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         metrics, arrays = {}, {"logit_scale": np.array(backbone.logit_scale)}
         for split_name, items in (("test", sd.test), ("target", sd.adapt)):
-            cos, labels = predict_split(method, loader(items, backbone.preprocess, req.eval_batch_size), progress,
-                                        f"{method.name} on {split_name}")
+            cos, labels = split_logits(split_name, items)
             metrics[split_name] = evaluate(cos, labels, sd.split.num_known, logit_scale=backbone.logit_scale,
                                            rule=req.rule, score=req.score)
             arrays[f"{split_name}_logits"] = cos.astype(np.float32)
@@ -238,12 +262,13 @@ def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) ->
         dataset=proto.name, shift=sd.split.shift, domain=sd.domain.domain, prompt=proto.prompt, device=device,
         seed=req.seed, make_loader=make_adapt_loader, num_adapt=len(sd.adapt), eval_transform=backbone.preprocess,
         evaluate=evaluate_now, target_labels=target_labels,
+        image_features=lambda: torch.from_numpy(split_features("target")).to(device),
         progress=None if isinstance(progress, NullProgress) else progress,
     )
     method.setup(backbone, sd.known_names, ctx)
     groups = method.trainable_parameters()
     freeze_all_but(backbone.model, groups)
-    return Session(plan, device, backbone, method, ctx, evaluate_splits, groups)
+    return Session(plan, device, backbone, method, ctx, evaluate_splits, groups, store)
 
 
 def _run(req: RunRequest, progress) -> RunResult:
@@ -274,7 +299,7 @@ def _run(req: RunRequest, progress) -> RunResult:
         "status": "done",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": identity,
-        "request": {k: v for k, v in asdict(req).items() if k not in ("force", "options")},
+        "request": {k: v for k, v in asdict(req).items() if k not in ("force", "options", "cache")},
         "method": {
             "name": method.name,
             "options": options_dict(method.options),
@@ -312,6 +337,7 @@ def _run(req: RunRequest, progress) -> RunResult:
         "seed": req.seed,
         "metrics": metrics,
         "trainable_parameters": n_trainable,
+        "feature_cache": {"enabled": req.cache, **session.features.stats},
         "trainable_groups": {k: sum(p.numel() for p in v) for k, v in groups.items()},
         "timings": {"prepare_s": t_setup - t0, "setup_s": t_adapt - t_setup, "adapt_s": t_eval - t_adapt,
                     "eval_s": t_end - t_eval, "total_s": t_end - t0},

@@ -94,6 +94,8 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
     history: list[dict[str, Any]] = []
     progress = progress or getattr(context, "progress", None)
     task = progress.add_task(label, total=total) if progress is not None else None
+    if spec.eval_every and context.evaluate is not None:
+        history.append({"epoch": 0, "metrics": context.evaluate()})  # the starting point, from shared features
     it = 0
     batches = iter(loader)
     for epoch in range(1, spec.epochs + 1):
