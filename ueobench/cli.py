@@ -179,18 +179,49 @@ def reference_check(path: str) -> None:
     click.echo(f"{path}: {len(df)} reported numbers from {df['citation'].nunique()} source(s), all valid")
 
 
+def _grid(method_required: bool):
+    """The grid axes shared by sweep and status (status may leave out --method)."""
+    options = [
+        click.option("--method", required=method_required, default=None, help="Comma-separated methods."),
+        click.option("--protocol", default="all", show_default=True, help="Comma-separated shifts, or all."),
+        click.option("--domain", default="all", show_default=True, help="Comma-separated domains, or all (per dataset)."),
+        click.option("--dataset", default="shapes", show_default=True, help="Comma-separated datasets."),
+        click.option("--seed", "seeds", default="0", show_default=True, help="Seeds: 0-2, or 0,3,5."),
+        click.option("--backbone", default=None, help="Comma-separated backbones (default: each dataset's)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method option for every run (repeatable)."),
+        click.option("--epochs", default=None, type=int),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--data-root", default=None),
+        click.option("--results", default="results", show_default=True),
+    ]
+
+    def deco(f):
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+
+    return deco
+
+
+def _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results):
+    from . import sweep as sw
+
+    options = _parse_sets(sets)
+    if epochs is not None:
+        options["epochs"] = str(epochs)
+    return sw.SweepSpec(
+        methods=sw.parse_list(method, api.list_methods(), "--method"),
+        protocols=sw.parse_list(protocol, list(SHIFTS), "--protocol"),
+        domains=sw.parse_list(domain, ["all"], "--domain"),
+        datasets=sw.parse_list(dataset, api.list_datasets(), "--dataset"),
+        seeds=sw.parse_seeds(seeds), backbones=sw.parse_list(backbone) or [None], options=options,
+        results=results, data_root=data_root, device=device,
+        plugins=[str(p) for p in api.plugin_folders()],
+    )
+
+
 @cli.command()
-@click.option("--method", required=True, help="Comma-separated methods.")
-@click.option("--protocol", default="all", show_default=True, help="Comma-separated shifts, or all.")
-@click.option("--domain", default="all", show_default=True, help="Comma-separated domains, or all (per dataset).")
-@click.option("--dataset", default="shapes", show_default=True, help="Comma-separated datasets.")
-@click.option("--seed", "seeds", default="0", show_default=True, help="Seeds: 0-2, or 0,3,5.")
-@click.option("--backbone", default=None, help="Comma-separated backbones (default: each dataset's).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method option for every run (repeatable).")
-@click.option("--epochs", default=None, type=int)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--data-root", default=None)
-@click.option("--results", default="results", show_default=True)
+@_grid(method_required=True)
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "slurm", "submitit-local"]))
 @click.option("--workers", default=1, show_default=True, type=int, help="local: worker processes (one per GPU on CUDA).")
 @click.option("--partition", default=None, help="slurm: partition.")
@@ -209,18 +240,7 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
     from . import sweep as sw
     from .progress import make_progress
 
-    options = _parse_sets(sets)
-    if epochs is not None:
-        options["epochs"] = str(epochs)
-    spec = sw.SweepSpec(
-        methods=sw.parse_list(method, api.list_methods(), "--method"),
-        protocols=sw.parse_list(protocol, list(SHIFTS), "--protocol"),
-        domains=sw.parse_list(domain, ["all"], "--domain"),
-        datasets=sw.parse_list(dataset, api.list_datasets(), "--dataset"),
-        seeds=sw.parse_seeds(seeds), backbones=sw.parse_list(backbone) or [None], options=options,
-        results=results, data_root=data_root, device=device,
-        plugins=[str(p) for p in api.plugin_folders()],
-    )
+    spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results)
     jobs = sw.expand(spec)
     names = [sw.job_name(j) for j in jobs]
     if dry_run:
@@ -259,26 +279,33 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
 
 
 @cli.command()
-@click.option("--results", default="results", show_default=True)
+@_grid(method_required=False)
 @click.option("--verbose", "-v", is_flag=True, help="List every run that is not done.")
-def status(results: str, verbose: bool) -> None:
-    """Done, running, failed and pending runs of every sweep launched into a results folder."""
+def status(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results,
+           verbose: bool) -> None:
+    """Done, running, failed and pending runs: of one grid, or of every sweep launched into a results folder."""
     from . import sweep as sw
 
-    found = False
-    for path in sw.plans(results):
-        found = True
-        spec, jobs, names = sw.load_plan(path)
+    grids = []
+    if method:
+        spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results)
+        jobs = sw.expand(spec)
+        grids.append((spec, [sw.job_name(j) for j in jobs]))
+    else:
+        for path in sw.plans(results):
+            spec, _, names = sw.load_plan(path)
+            grids.append((spec, names))
+    if not grids:
+        click.echo(f"no sweeps under {results}/sweeps; pass a grid (--method ...) to check one")
+    for spec, names in grids:
         counts = sw.grid_status(results, names)
-        click.echo(f"sweep {spec.key()} ({', '.join(spec.methods)} x {', '.join(spec.protocols)} x "
-                   f"{', '.join(spec.datasets)}): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        click.echo(f"grid {spec.key()} ({', '.join(spec.methods)} x {', '.join(spec.protocols)} x "
+                   f"{', '.join(spec.datasets)}, {len(names)} runs): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
         if verbose:
             for n in names:
                 st = sw.state(results, n)
                 if st != "done":
                     click.echo(f"  {st:<8} {n}")
-    if not found:
-        click.echo(f"no sweeps under {results}/sweeps")
 
 
 @cli.group(name="list", cls=_Group)

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import UeobenchError
+from .faults import failpoint
 
 SCHEMA_VERSION = 1
 RECORD = "record.json"
@@ -48,8 +49,35 @@ def runs_dir(results: str | Path) -> Path:
     return Path(results) / "runs"
 
 
+MIN_FREE_BYTES = 64 * 2**20
+
+
+def failed_dir(results: str | Path) -> Path:
+    return Path(results) / "failed"
+
+
+def record_failure(results: str | Path, name: str, exc: BaseException, request: dict[str, Any]) -> Path:
+    """``<results>/failed/<run>.json``: the error, its traceback and the request; the run stays not done."""
+    import time
+    import traceback
+
+    path = failed_dir(results) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "run_id": name,
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "request": request,
+        "host": os.uname().nodename,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
 def check_writable(results: str | Path) -> None:
-    """Fail before any compute when the results folder cannot take a record."""
+    """Fail before any compute when the results folder cannot take a record (read-only, or nearly full)."""
     d = runs_dir(results)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -59,6 +87,9 @@ def check_writable(results: str | Path) -> None:
             os.fsync(f.fileno())
     except OSError as e:
         raise UeobenchError(f"results folder {d} is not writable ({e.strerror}); pass --results DIR or free space") from None
+    free = shutil.disk_usage(d).free
+    if free < MIN_FREE_BYTES:
+        raise UeobenchError(f"results folder {d} has only {free // 2**20} MiB free; free space or pass --results DIR")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -98,12 +129,14 @@ def write_run(results: str | Path, name: str, record: dict[str, Any], arrays: di
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        failpoint("between-predictions-and-record")
         with open(tmp / RECORD, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=1, sort_keys=True, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
+        failpoint("before-rename")
         if final.exists():
             if not force:
                 raise UeobenchError(f"run {final} already exists; pass --force to replace it")
@@ -126,10 +159,15 @@ def read_record(folder: Path) -> dict[str, Any]:
     if not isinstance(rec, dict) or "schema" not in rec or "config" not in rec:
         raise ValueError("not a ueobench run record")
     if rec["schema"] > SCHEMA_VERSION:
-        raise UeobenchError(
-            f"{folder / RECORD} has record schema {rec['schema']}, newer than this ueobench ({SCHEMA_VERSION}); upgrade ueobench"
+        raise NewerSchema(
+            f"{folder / RECORD} has record schema {rec['schema']}, newer than this ueobench ({SCHEMA_VERSION}); "
+            f"upgrade ueobench to read it"
         )
     return rec
+
+
+class NewerSchema(UeobenchError):
+    """A record written by a newer ueobench."""
 
 
 def find_record(results: str | Path, name: str) -> dict[str, Any] | None:
@@ -149,10 +187,11 @@ def iter_records(results: str | Path) -> Iterator[dict[str, Any]]:
             continue
         try:
             rec = read_record(folder)
-        except UeobenchError:
-            raise
+        except NewerSchema as e:
+            warnings.warn(f"{e}; skipping it", stacklevel=2)
+            continue
         except (OSError, ValueError, KeyError, TypeError) as e:
-            warnings.warn(f"skipping {folder / RECORD}: {e}", stacklevel=2)
+            warnings.warn(f"skipping {folder / RECORD}: not a readable ueobench record ({e})", stacklevel=2)
             continue
         rec["_path"] = str(folder)
         yield rec

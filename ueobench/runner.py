@@ -20,7 +20,8 @@ from .method import AdaptContext, build_options, get_method, options_dict
 from .metrics import METRICS, evaluate
 from .progress import NullProgress, make_progress
 from .protocols import Protocol, list_datasets, load_protocol
-from .records import SCHEMA_VERSION, check_writable, config_hash, find_record, run_name, runs_dir, write_run
+from .records import (SCHEMA_VERSION, check_writable, config_hash, failed_dir, find_record, record_failure, run_name,
+                      runs_dir, write_run)
 from .registry import suggest
 from .scores import DEFAULT_RULE, SCORES, accept_known, compute_score
 
@@ -280,6 +281,16 @@ def _run(req: RunRequest, progress) -> RunResult:
         if existing is not None:
             return RunResult(existing, runs_dir(req.results) / name, skipped=True)
     check_writable(req.results)
+    try:
+        return _execute(req, plan, progress, t0)
+    except BaseException as e:
+        if isinstance(e, Exception):  # KeyboardInterrupt and kills leave the run simply not done
+            record_failure(req.results, name, e, {k: v for k, v in asdict(req).items()})
+        raise
+
+
+def _execute(req: RunRequest, plan: dict[str, Any], progress, t0: float) -> RunResult:
+    identity, name = plan["identity"], plan["name"]
     t_setup = time.perf_counter()
     session = start(req, plan, progress)
     method, backbone, ctx, groups, device = session.method, session.backbone, session.context, session.groups, session.device
@@ -345,4 +356,5 @@ def _run(req: RunRequest, progress) -> RunResult:
         "environment": environment(device),
     }
     path = write_run(req.results, name, record, preds, force=req.force)
+    (failed_dir(req.results) / f"{name}.json").unlink(missing_ok=True)
     return RunResult(record, path, skipped=False)

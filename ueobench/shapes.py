@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .faults import failpoint
+
 GENERATOR_VERSION = 2
 IMAGE_SIZE = 64
 PER_CLASS = {"train": 40, "test": 20}
@@ -213,6 +215,7 @@ def generate(
                     if task is not None:
                         progress.advance(task, n)
                 (tmp / lists[split]).write_text("".join(lines))
+                failpoint("data-generation")
         (tmp / "COMPLETE").write_text(f"shapes generator v{GENERATOR_VERSION}, seed {seed}\n")
         try:
             os.rename(tmp, out)

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from pathlib import Path
@@ -32,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from .errors import UeobenchError
 from .protocols import SHIFTS, load_protocol
-from .records import atomic_write_text, canonical_json, find_record, runs_dir
+from .records import atomic_write_text, canonical_json, failed_dir, runs_dir
 from .runner import RunRequest, prepare, run
 
 STATES = ("done", "running", "failed", "pending")
@@ -129,10 +128,6 @@ def claims_dir(results: str | Path) -> Path:
     return Path(results) / "claims"
 
 
-def failed_dir(results: str | Path) -> Path:
-    return Path(results) / "failed"
-
-
 def job_name(req: RunRequest) -> str:
     return prepare(req)["name"]
 
@@ -160,22 +155,6 @@ def state(results: str | Path, name: str) -> str:
     return "pending"
 
 
-def record_failure(req: RunRequest, name: str, exc: BaseException) -> Path:
-    path = failed_dir(req.results) / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "run_id": name,
-        "status": "failed",
-        "error": f"{type(exc).__name__}: {exc}",
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "request": {k: v for k, v in asdict(req).items()},
-        "host": os.uname().nodename,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_text(path, json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
-    return path
-
-
 def execute(req: RunRequest, name: str | None = None, retry_failed: bool = False, force: bool = False) -> str:
     """Claim and run one job; returns what happened: done, skipped, running-elsewhere, failed, failed-before."""
     name = name or job_name(req)
@@ -194,11 +173,9 @@ def execute(req: RunRequest, name: str | None = None, retry_failed: bool = False
         if not force and (runs_dir(results) / name / "record.json").is_file():
             return "skipped"  # finished by another worker between our check and our claim
         try:
-            run(dataclasses.replace(req, force=force))
-        except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
-            record_failure(req, name, e)
+            run(dataclasses.replace(req, force=force))  # records its own failure
+        except Exception:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
             return "failed"
-        (failed_dir(results) / f"{name}.json").unlink(missing_ok=True)
         return "done"
     finally:
         lock.release()

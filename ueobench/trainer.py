@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import UeobenchError
+from .faults import failpoint
 
 SCHEDULES = ("cosine", "pouf", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -120,6 +121,8 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
             sched.step()
             losses.append(loss.item())
             it += 1
+            if it == 2:
+                failpoint("training")
             if task is not None:
                 progress.advance(task)
         entry: dict[str, Any] = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lrs}
