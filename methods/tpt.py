@@ -17,7 +17,6 @@ from torchvision.transforms import v2
 from ueobench.clip_ops import encode_images
 from ueobench.method import Method, Options, register_method
 from ueobench.prompt_learner import PromptLearner
-from ueobench.trainer import amp_dtype
 
 
 @register_method("tpt")
@@ -39,6 +38,7 @@ class TPT(Method):
         o = self.options
         self.prompt = PromptLearner(backbone, class_names, o.n_ctx, o.ctx_init or None)
         self._initial = self.prompt.ctx.detach().clone()
+        self.amp_dtype = context.amp_dtype
         self.augment = v2.Compose([v2.RandomResizedCrop(backbone.image_size, scale=(o.scale_min, 1.0), antialias=True),
                                    v2.RandomHorizontalFlip()])
 
@@ -59,7 +59,7 @@ class TPT(Method):
             feats = encode_images(self.backbone, views)
         scale = self.backbone.model.logit_scale.exp().detach()
         keep = max(1, int(o.views * o.select))
-        dtype = amp_dtype(device)
+        dtype = self.amp_dtype
         selected = None
         with torch.enable_grad():
             for _ in range(o.steps):

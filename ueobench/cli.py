@@ -70,11 +70,13 @@ def _fmt(v: Any) -> str:
 @click.option("--workers", default=None, type=int, help="Data loader workers (default 0 on CPU, 4 on CUDA).")
 @click.option("--force", is_flag=True, help="Rerun even if an identical finished run exists.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the shared image-feature cache.")
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              help="Autocast dtype of the forward pass (auto: fp32 on CPU, bf16 on CUDA); trainable weights stay fp32.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: str | None, seed: int,
         epochs: int | None, batch_size: int | None, eval_batch_size: int, sets: tuple[str, ...], device: str,
         data_root: str | None, results: str, score: str, rule: str, workers: int | None, force: bool,
-        no_cache: bool, as_json: bool) -> None:
+        no_cache: bool, precision: str, as_json: bool) -> None:
     """Adapt one method on one target domain and record its metrics."""
     options = _parse_sets(sets)
     if epochs is not None:
@@ -83,7 +85,7 @@ def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: 
         options["batch_size"] = str(batch_size)
     res = api.run(method=method, protocol=protocol, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
                   options=options, eval_batch_size=eval_batch_size, device=device, data_root=data_root,
-                  results=results, score=score, rule=rule, workers=workers, force=force, cache=not no_cache)
+                  results=results, score=score, rule=rule, workers=workers, force=force, cache=not no_cache, precision=precision)
     rec = res.record
     if as_json:
         click.echo(json.dumps(rec, indent=1, sort_keys=True))

@@ -349,7 +349,8 @@ def make_loader(
         num_workers=workers,
         generator=gen,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
     )
 
 

@@ -62,6 +62,8 @@ class AdaptContext:
     #: eval-transform image features of the adaptation data [N, D] (shared, cached), in ``make_loader`` index order
     image_features: Callable[[], torch.Tensor] | None = None
     progress: Any = None
+    #: autocast dtype of the forward pass (None: full fp32); trainable parameters stay fp32 regardless
+    amp_dtype: Any = None
 
 
 class Method:

@@ -23,6 +23,7 @@ from .protocols import Protocol, list_datasets, load_protocol
 from .records import (SCHEMA_VERSION, check_writable, config_hash, failed_dir, find_record, record_failure, run_name,
                       runs_dir, write_run)
 from .registry import suggest
+from .precision import autocast_dtype, configure_device, default_workers, resolve_precision
 from .scores import DEFAULT_RULE, SCORES, accept_known, compute_score
 
 DEFAULT_DATASET = "shapes"
@@ -48,6 +49,7 @@ class RunRequest:
     force: bool = False
     workers: int | None = None
     cache: bool = True  # share frozen image features through the on-disk cache (results are identical)
+    precision: str = "auto"  # autocast dtype of the forward pass: fp32 on CPU, bf16 (or fp16) on CUDA
 
 
 @dataclass
@@ -151,6 +153,7 @@ def prepare(req: RunRequest, progress=None) -> dict[str, Any]:
     domain_data = data_mod.load_domain(proto, dom.name, req.data_root, progress)
     shift_data = data_mod.apply_shift(proto, req.protocol, domain_data)
     root = None if domain_data.source == "hf" else data_mod.dataset_root(proto, req.data_root)
+    precision = resolve_precision(req.precision, resolve_device(req.device))
     identity = {
         "method": method_cls.name,
         "options": options_dict(options),
@@ -160,6 +163,7 @@ def prepare(req: RunRequest, progress=None) -> dict[str, Any]:
         "backbone": spec.name,
         "seed": req.seed,
         "eval_batch_size": req.eval_batch_size,
+        "precision": precision,
         "protocol_checksum": proto.checksum,
         "data_checksum": data_checksum(domain_data, root),
     }
@@ -192,6 +196,7 @@ class Session:
     evaluate_splits: Any  # () -> (metrics per split, prediction arrays)
     groups: dict[str, list[torch.nn.Parameter]]
     features: Any  # the FeatureStore: counts images encoded and reused
+    settings: dict[str, Any]  # device and loader settings, for the record
 
 
 def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) -> Session:
@@ -205,7 +210,8 @@ def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) ->
     proto: Protocol = plan["protocol"]
     sd: data_mod.ShiftData = plan["shift_data"]
     backbone = load_backbone(plan["spec"], device)
-    workers = req.workers if req.workers is not None else (0 if device.type == "cpu" else 4)
+    device_settings = configure_device(device, backbone.model)
+    workers = req.workers if req.workers is not None else default_workers(device)
     pin = device.type == "cuda"
 
     def loader(items, transform, batch_size, shuffle=False, **kw):
@@ -264,12 +270,15 @@ def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) ->
         seed=req.seed, make_loader=make_adapt_loader, num_adapt=len(sd.adapt), eval_transform=backbone.preprocess,
         evaluate=evaluate_now, target_labels=target_labels,
         image_features=lambda: torch.from_numpy(split_features("target")).to(device),
+        amp_dtype=autocast_dtype(plan["identity"]["precision"]),
         progress=None if isinstance(progress, NullProgress) else progress,
     )
     method.setup(backbone, sd.known_names, ctx)
     groups = method.trainable_parameters()
     freeze_all_but(backbone.model, groups)
-    return Session(plan, device, backbone, method, ctx, evaluate_splits, groups, store)
+    settings = {**device_settings, "precision": plan["identity"]["precision"], "loader_workers": workers,
+                "pin_memory": pin, "trainable_dtype": "fp32"}
+    return Session(plan, device, backbone, method, ctx, evaluate_splits, groups, store, settings)
 
 
 def _run(req: RunRequest, progress) -> RunResult:
@@ -310,7 +319,7 @@ def _execute(req: RunRequest, plan: dict[str, Any], progress, t0: float) -> RunR
         "status": "done",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "config": identity,
-        "request": {k: v for k, v in asdict(req).items() if k not in ("force", "options", "cache")},
+        "request": {k: v for k, v in asdict(req).items() if k not in ("force", "options", "cache", "workers")},
         "method": {
             "name": method.name,
             "options": options_dict(method.options),
@@ -349,6 +358,7 @@ def _execute(req: RunRequest, plan: dict[str, Any], progress, t0: float) -> RunR
         "metrics": metrics,
         "trainable_parameters": n_trainable,
         "feature_cache": {"enabled": req.cache, **session.features.stats},
+        "settings": session.settings,
         "trainable_groups": {k: sum(p.numel() for p in v) for k, v in groups.items()},
         "timings": {"prepare_s": t_setup - t0, "setup_s": t_adapt - t_setup, "adapt_s": t_eval - t_adapt,
                     "eval_s": t_end - t_eval, "total_s": t_end - t0},

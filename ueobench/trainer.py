@@ -66,13 +66,6 @@ def lr_factor(spec: TrainSpec, it: int, total: int, warmup_iters: int, base_lr: 
     raise UeobenchError(f"unknown schedule '{spec.schedule}'; use one of {', '.join(SCHEDULES)}")
 
 
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Autocast dtype on CUDA (bf16 where supported, else fp16); None on the CPU (full fp32)."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         progress: Any = None, label: str = "adapt") -> list[dict[str, Any]]:
     """Train and return the history: one entry per epoch (mean loss, learning rates, optional metrics)."""
@@ -89,9 +82,9 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, [lambda it, b=b: lr_factor(spec, it, total, warmup, b) for b in base]
     )
-    dtype = amp_dtype(device)
+    dtype = getattr(context, "amp_dtype", None)
     amp = dtype is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     history: list[dict[str, Any]] = []
     progress = progress or getattr(context, "progress", None)
     task = progress.add_task(label, total=total) if progress is not None else None
