@@ -44,9 +44,9 @@ def weights_checksum(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def builtin_weights(arch: str) -> Path:
+def builtin_weights(arch: str, folder: Path | None = None) -> Path:
     """Path of weights shipped with ueobench for ``arch``, verified against the shipped checksum."""
-    folder = Path(str(resources.files("ueobench.weights")))
+    folder = folder or Path(str(resources.files("ueobench.weights")))
     path, digest_file = folder / f"{arch}.safetensors", folder / f"{arch}.sha256"
     if not path.is_file() or not digest_file.is_file():
         have = sorted(p.stem for p in folder.glob("*.safetensors"))

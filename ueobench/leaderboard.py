@@ -308,16 +308,21 @@ def _md(s: str) -> str:
     return html.escape(s, quote=False).replace("|", "\\|")
 
 
+def _marked(cell: Cell | None, text: str, best: str, second: str) -> str:
+    """Wrap a cell's text in its format's best / second-best markup."""
+    rank = cell.rank if cell is not None else None
+    return best.format(text) if rank == 1 else second.format(text) if rank == 2 else text
+
+
+def _header(t: Table) -> list[str]:
+    return [t.meta["rows"] if t.meta["rows"] != "shift" else "protocol", *t.cols]
+
+
 def render_markdown(t: Table) -> str:
     def wrap(cell: Cell | None) -> str:
-        s = cell_text(cell)
-        if cell is not None and cell.rank == 1:
-            return f"**{s}**"
-        if cell is not None and cell.rank == 2:
-            return f"<u>{s}</u>"
-        return s
+        return _marked(cell, cell_text(cell), "**{}**", "<u>{}</u>")
 
-    head = [t.meta["rows"] if t.meta["rows"] != "shift" else "protocol", *t.cols]
+    head = _header(t)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * len(t.cols)) + "|"]
     for r in t.rows:
         lines.append("| " + " | ".join([_md(r), *(_joined(t, r, c, wrap) for c in t.cols)]) + " |")
@@ -337,14 +342,9 @@ def _tex(s: str) -> str:
 
 def render_latex(t: Table) -> str:
     def wrap(cell: Cell | None) -> str:
-        s = cell_text(cell, latex=True)
-        if cell is not None and cell.rank == 1:
-            return f"\\textbf{{{s}}}"
-        if cell is not None and cell.rank == 2:
-            return f"\\underline{{{s}}}"
-        return s
+        return _marked(cell, cell_text(cell, latex=True), "\\textbf{{{}}}", "\\underline{{{}}}")
 
-    head = [t.meta["rows"] if t.meta["rows"] != "shift" else "protocol", *t.cols]
+    head = _header(t)
     lines = [
         "% " + caption(t),
         "\\begin{tabular}{l" + "r" * len(t.cols) + "}",
@@ -395,15 +395,10 @@ def render_json(t: Table) -> str:
 
 def render_html(t: Table) -> str:
     def wrap(cell: Cell | None) -> str:
-        s = html.escape(cell_text(cell))
-        if cell is not None and cell.rank == 1:
-            return f"<b>{s}</b>"
-        if cell is not None and cell.rank == 2:
-            return f"<u>{s}</u>"
-        return s
+        return _marked(cell, html.escape(cell_text(cell)), "<b>{}</b>", "<u>{}</u>")
 
     e = html.escape
-    head = [t.meta["rows"] if t.meta["rows"] != "shift" else "protocol", *t.cols]
+    head = _header(t)
     body = []
     for r in t.rows:
         cls = ' class="oracle"' if r in t.oracle_rows else ""
