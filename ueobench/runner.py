@@ -15,6 +15,7 @@ import torch
 from . import data as data_mod
 from .backbones import load_backbone, parse_spec
 from .env import environment, peak_memory_mb
+from .features import FeatureStore, feature_cache_dir
 from .errors import UeobenchError
 from .method import AdaptContext, build_options, get_method, options_dict
 from .metrics import METRICS, evaluate
@@ -131,10 +132,7 @@ def predict_split(method, loader, progress, description: str) -> tuple[np.ndarra
         labels.append(y)
         progress.advance(task, len(y))
     progress.remove_task(task)
-    cos = torch.cat(logits).numpy()
-    if not np.isfinite(cos).all():
-        raise UeobenchError(f"{description}: the method produced NaN or inf logits; the run is not recorded")
-    return cos, torch.cat(labels).numpy()
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
 def prepare(req: RunRequest, progress=None) -> dict[str, Any]:
@@ -222,9 +220,6 @@ def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) ->
                       indices=indices, drop_last=drop_last)
 
     method = plan["method_cls"](plan["options"])
-
-    from .features import FeatureStore, feature_cache_dir
-
     store = FeatureStore(backbone, sd.domain.opener, backbone.preprocess, req.eval_batch_size, device,
                          sd.domain.location, feature_cache_dir() if req.cache else None,
                          None if isinstance(progress, NullProgress) else progress)
@@ -235,16 +230,18 @@ def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) ->
         return store.features([e.ref for e in sd.domain.adapt])[sd.adapt_index]
 
     def split_logits(split_name: str, items) -> tuple[np.ndarray, np.ndarray]:
-        if not method.uses_frozen_features():
-            return predict_split(method, loader(items, backbone.preprocess, req.eval_batch_size), progress,
-                                 f"{method.name} on {split_name}")
-        feats = torch.from_numpy(split_features(split_name)).to(device)
-        with torch.no_grad():
-            cos = torch.cat([method.predict_features(feats[i : i + req.eval_batch_size]).float().cpu()
-                             for i in range(0, len(feats), req.eval_batch_size)]).numpy()
+        if method.uses_frozen_features():  # shared cached features instead of a pass over the images
+            feats = torch.from_numpy(split_features(split_name)).to(device)
+            with torch.no_grad():
+                cos = torch.cat([method.predict_features(feats[i : i + req.eval_batch_size]).float().cpu()
+                                 for i in range(0, len(feats), req.eval_batch_size)]).numpy()
+            labels = np.array([y for _, y in items], dtype=np.int64)
+        else:
+            cos, labels = predict_split(method, loader(items, backbone.preprocess, req.eval_batch_size), progress,
+                                        f"{method.name} on {split_name}")
         if not np.isfinite(cos).all():
             raise UeobenchError(f"{method.name} on {split_name}: the method produced NaN or inf logits; the run is not recorded")
-        return cos, np.array([y for _, y in items], dtype=np.int64)
+        return cos, labels
 
     def evaluate_splits() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         metrics, arrays = {}, {"logit_scale": np.array(backbone.logit_scale)}
