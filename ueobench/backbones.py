@@ -185,7 +185,10 @@ def list_backbones() -> list[dict[str, str]]:
     import open_clip
 
     register_model_configs()
-    rows = [{"backbone": f"{a}:random", "source": "ueobench tiny architecture (random weights)"} for a in builtin_architectures()]
+    folder = Path(str(resources.files("ueobench.weights")))
+    rows = [{"backbone": f"{p.stem}:builtin", "source": "ueobench, shipped pretrained weights (checksummed)"}
+            for p in sorted(folder.glob("*.safetensors"))]
+    rows += [{"backbone": f"{a}:random", "source": "ueobench tiny architecture (random weights)"} for a in builtin_architectures()]
     for arch, tag in open_clip.list_pretrained():
         rows.append({"backbone": f"{arch}:{tag}", "source": "open_clip pretrained (downloads on first use)"})
     return rows

@@ -325,10 +325,11 @@ def list_methods() -> None:
 @click.option("--all", "show_all", is_flag=True, help="Also list every open_clip pretrained tag.")
 def list_backbones(show_all: bool) -> None:
     rows = api.list_backbones()
-    for r in rows if show_all else [r for r in rows if "ueobench" in r["source"]] + rows[len(api.builtin_architectures()):][:0]:
+    ours = [r for r in rows if r["source"].startswith("ueobench")]
+    for r in rows if show_all else ours:
         click.echo(f"{r['backbone']:<48} {r['source']}")
     if not show_all:
-        click.echo(f"... and {len(rows) - len(api.builtin_architectures())} open_clip pretrained backbones "
+        click.echo(f"... and {len(rows) - len(ours)} open_clip pretrained backbones "
                    f"(ARCH:TAG, e.g. ViT-B-16:openai, RN50:openai); see them with --all")
 
 
