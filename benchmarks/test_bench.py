@@ -103,3 +103,39 @@ def test_metrics_on_a_million_samples(benchmark):
     ours = best_time(lambda: evaluate(cos, y, 50), repeats=1)
     report(benchmark, "metrics_1M_vs_single_auroc", base, ours)
     benchmark.pedantic(lambda: evaluate(cos, y, 50), rounds=1, iterations=1)
+
+
+def test_image_decoding_vs_vitb16_forward(benchmark, vitb16, tmp_path):
+    """Does JPEG decoding limit a ViT-B-16 epoch? Decode + CLIP eval transform of Office-Home-sized JPEGs on one
+    core, against a ViT-B-16 forward+backward (UEO's tuned parameters) at batch 8 on all cores."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blobs = []
+    for _ in range(32):
+        buf = io.BytesIO()
+        arr = (rng.random((300, 400, 3)) * 255).astype(np.uint8)
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    preprocess = vitb16.preprocess
+
+    def decode_all():
+        for b in blobs:
+            preprocess(Image.open(io.BytesIO(b)).convert("RGB"))
+
+    torch.set_num_threads(1)
+    decode_s = best_time(decode_all, repeats=2) / len(blobs)
+    torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
+    model = vitb16.model
+    images = torch.randn(8, 3, 224, 224)
+
+    def fwd_bwd():
+        model.zero_grad()
+        model.encode_image(images).sum().backward()
+
+    step_s = best_time(fwd_bwd, repeats=1) / 8
+    benchmark.extra_info.update(decode_images_per_s_per_core=1 / decode_s, vitb16_train_images_per_s=1 / step_s)
+    print(f"\ndecode+transform: {1 / decode_s:.0f} images/s per core; ViT-B-16 forward+backward: {1 / step_s:.1f} images/s")
+    benchmark.pedantic(decode_all, rounds=1, iterations=1)

@@ -42,6 +42,19 @@ def _axis(name: str) -> str:
 # ------------------------------------------------------------------------------------------ the frame
 
 
+def variant_label(method: str, options: dict[str, Any], dataset: str) -> str:
+    """``ueo``, or ``ueo (epochs=10, lr_prompt=0.01)`` when options differ from the method's defaults for the
+    dataset: runs of different configurations are never averaged into one row."""
+    from .method import build_options, get_method, options_dict
+
+    try:
+        defaults = options_dict(build_options(get_method(method), {}, dataset))
+    except UeobenchError:  # a plugin that is not loaded: fall back to its name
+        return method
+    diff = {k: v for k, v in sorted(options.items()) if k not in defaults or defaults[k] != v}
+    return method if not diff else f"{method} ({', '.join(f'{k}={v}' for k, v in diff.items())})"
+
+
 def records_frame(results: str | Path, score: str | None = None, rule: str | None = None) -> pd.DataFrame:
     """One row per (run, split) with identity columns and metrics (percent), optionally recomputed."""
     rows: list[dict[str, Any]] = []
@@ -57,7 +70,9 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec["protocol"]["num_known"],
                              logit_scale=scale, score=score or ev.get("score", "mcm"),
                              rule=rule or ev.get("hscore_rule", "nent:0.5"))
-            row = {k: cfg[k] for k in (*AXES[:1], "dataset", "shift", "domain", "backbone", "seed")}
+            row = {k: cfg[k] for k in ("dataset", "shift", "domain", "backbone", "seed")}
+            row["method_name"] = cfg["method"]
+            row["method"] = variant_label(cfg["method"], cfg.get("options", {}), cfg["dataset"])
             row["split"] = split
             row["oracle"] = bool(rec.get("method", {}).get("oracle", False))
             row["run_id"] = rec["run_id"]
@@ -65,7 +80,7 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 v = m.get(k)
                 row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
             rows.append(row)
-    cols = [*AXES, "seed", "split", "oracle", "run_id", *METRICS]
+    cols = [*AXES, "method_name", "seed", "split", "oracle", "run_id", *METRICS]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -104,6 +119,8 @@ def _filter(df: pd.DataFrame, filters: dict[str, str | None]) -> pd.DataFrame:
         col = _axis(col)
         pats = [p.strip() for p in pattern.split(",") if p.strip()]
         keep = df[col].map(lambda v: any(fnmatch.fnmatchcase(str(v), p) for p in pats))
+        if col == "method":  # a method's name also selects all of its variants
+            keep |= df["method_name"].map(lambda v: any(fnmatch.fnmatchcase(str(v), p) for p in pats))
         if not keep.any():
             present = sorted(df[col].astype(str).unique())
             raise UeobenchError(f"no records match {col} '{pattern}'" + (f" (have: {', '.join(present)})" if present else ""))
