@@ -26,6 +26,10 @@ ueobench sweep --method tpt --set views=32 "${common[@]}"
     echo
     ueobench table --results "$R" --metric "$metric" --cols protocol --protocol 'cda,pda,oda,opda'
   done
+  echo
+  echo "## hscore with the data-adaptive kmeans2 rule instead of the fixed entropy threshold (recomputed)"
+  echo
+  ueobench table --results "$R" --metric hscore --cols protocol --protocol 'cda,pda,oda,opda' --rule kmeans2
   for proto in oda opda; do
     echo
     echo "## ${proto}: acc / auroc per domain"
