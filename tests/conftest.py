@@ -29,6 +29,9 @@ def _in_tmp_cwd(tmp_path, monkeypatch):
     """Each test runs in its own folder, so ``results/``, ``ueobench.toml`` and cached features never leak."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("UEOBENCH_FEATURE_CACHE", str(tmp_path / "feature-cache"))
+    from ueobench import method
+
+    monkeypatch.setattr(method, "_plugin_dirs", [])  # --plugins folders never leak into the next test
 
 
 @pytest.fixture

@@ -86,7 +86,7 @@ def test_kill_at_random_moments(cli):
     assert_store_consistent()
     assert len(visible_runs()) == 1
     table = cli("table", "--metric", "acc,auroc")
-    assert table.exit_code == 0 and "| ueo |" in table.output
+    assert table.exit_code == 0 and "| ueo (epochs=2, eval_every=0) |" in table.output
 
 
 def test_nan_loss_stops_the_run_and_records_it_as_failed(cli, tmp_path):

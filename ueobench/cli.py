@@ -270,7 +270,7 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
             if cluster == "slurm":
                 click.echo(f"submitted {len(ids)} array tasks; follow them with: ueobench status --results {results}")
                 return
-            outcome = None
+            outcome = {k: ids.count(k) for k in sorted(set(ids))}  # the local executor returns each job's outcome
     counts = sw.grid_status(results, names)
     click.echo(f"sweep {spec.key()}: {len(jobs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if outcome:

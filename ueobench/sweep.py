@@ -31,7 +31,7 @@ from filelock import FileLock, Timeout
 
 from .errors import UeobenchError
 from .protocols import SHIFTS, load_protocol
-from .records import atomic_write_text, canonical_json, failed_dir, runs_dir
+from .records import atomic_write_text, canonical_json, failed_dir, record_failure, runs_dir
 from .runner import RunRequest, prepare, run
 
 STATES = ("done", "running", "failed", "pending")
@@ -173,8 +173,10 @@ def execute(req: RunRequest, name: str | None = None, retry_failed: bool = False
         if not force and (runs_dir(results) / name / "record.json").is_file():
             return "skipped"  # finished by another worker between our check and our claim
         try:
-            run(dataclasses.replace(req, force=force))  # records its own failure
-        except Exception:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+            run(dataclasses.replace(req, force=force))  # records its own failures once the run has started
+        except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+            if not (failed_dir(results) / f"{name}.json").is_file():  # it failed before starting (e.g. a plugin)
+                record_failure(results, name, e, asdict(req))
             return "failed"
         return "done"
     finally:
