@@ -1,7 +1,6 @@
 """The list, folder and Hugging Face sources on tiny generated images, and the label remapping."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from PIL import Image
 
 from conftest import TOY_CLASSES, make_toy_tree, toy_protocol, write_image, write_list
 from ueobench import data as D
-from ueobench.errors import DataError, UeobenchError
+from ueobench.errors import DataError
 from ueobench.protocols import load_protocol, load_protocol_file
 
 

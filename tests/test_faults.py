@@ -13,7 +13,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import TINY, make_toy_tree, toy_protocol

@@ -118,9 +118,12 @@ def _filter(df: pd.DataFrame, filters: dict[str, str | None]) -> pd.DataFrame:
             continue
         col = _axis(col)
         pats = [p.strip() for p in pattern.split(",") if p.strip()]
-        keep = df[col].map(lambda v: any(fnmatch.fnmatchcase(str(v), p) for p in pats))
+        def matches(v: Any, pats: list[str] = pats) -> bool:
+            return any(fnmatch.fnmatchcase(str(v), p) for p in pats)
+
+        keep = df[col].map(matches)
         if col == "method":  # a method's name also selects all of its variants
-            keep |= df["method_name"].map(lambda v: any(fnmatch.fnmatchcase(str(v), p) for p in pats))
+            keep |= df["method_name"].map(matches)
         if not keep.any():
             present = sorted(df[col].astype(str).unique())
             raise UeobenchError(f"no records match {col} '{pattern}'" + (f" (have: {', '.join(present)})" if present else ""))

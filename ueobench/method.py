@@ -22,7 +22,7 @@ import sys
 import types
 import typing
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, ClassVar

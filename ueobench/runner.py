@@ -281,7 +281,7 @@ def start(req: RunRequest, plan: dict[str, Any] | None = None, progress=None) ->
 def _run(req: RunRequest, progress) -> RunResult:
     t0 = time.perf_counter()
     plan = prepare(req, progress)
-    identity, name = plan["identity"], plan["name"]
+    name = plan["name"]
     if not req.force:
         existing = find_record(req.results, name)
         if existing is not None:

@@ -146,7 +146,7 @@ def render(shape: str, style: str, rng: np.random.Generator, size: int = IMAGE_S
         shadow = [(x + 0.06 * big, y + 0.06 * big) for x, y in xy]
         draw.polygon(shadow, fill=(40, 40, 40))
     if style == "sketch":
-        for k in range(2):  # two jittered strokes, no fill
+        for _ in range(2):  # two jittered strokes, no fill
             jit = pts + rng.normal(0, 0.8 * _SS, pts.shape)
             draw.line([tuple(p) for p in jit] + [tuple(jit[0])], fill=outline, width=line, joint="curve")
     else:

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 from filelock import FileLock, Timeout
 
 from .errors import UeobenchError
-from .protocols import SHIFTS, load_protocol
+from .protocols import load_protocol
 from .records import atomic_write_text, canonical_json, failed_dir, record_failure, runs_dir
 from .runner import RunRequest, prepare, run
 
