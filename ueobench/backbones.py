@@ -4,6 +4,12 @@
 (``RN50:/ckpt/rn50.safetensors``) or ``random`` (only when asked for by name). ``hf-hub:org/repo`` and
 ``local-dir:/path`` name a model and its weights at once. Weights that cannot be had are an error, never a
 silent fallback to random weights.
+
+The activation follows the weights: a pretrained tag whose open_clip configuration says ``quick_gelu`` (every
+``openai`` tag, and a few others) was trained with QuickGELU, so the model is built with QuickGELU whatever the
+architecture's own default. open_clip 3.x only warns about the mismatch; OpenAI's ``clip.load``, which every
+reference implementation uses, builds QuickGELU. A local checkpoint uses the architecture named: name
+``ARCH-quickgelu`` for OpenAI weights.
 """
 from __future__ import annotations
 
@@ -113,12 +119,41 @@ class Backbone:
         return next(self.model.parameters()).device
 
 
+def tag_uses_quick_gelu(arch: str, tag: str) -> bool:
+    """True when open_clip's configuration of the pretrained tag says its weights were trained with QuickGELU."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+    return bool(cfg.get("quick_gelu", False))
+
+
+def activation(spec: str | BackboneSpec) -> str:
+    """The activation a backbone is built with (part of a run's identity): "quick_gelu" or "gelu".
+
+    Derived from open_clip's model and pretrained-tag configurations, so it needs no weights. Schemes whose
+    configuration lives with the weights (``hf-hub:``, ``local-dir:``) report "from-checkpoint-config".
+    """
+    import open_clip
+
+    register_model_configs()
+    s = parse_spec(spec) if isinstance(spec, str) else spec
+    if s.weights is None:
+        return "from-checkpoint-config"
+    cfg = open_clip.get_model_config(s.arch) or {}
+    if cfg.get("quick_gelu", False):
+        return "quick_gelu"
+    if s.weights not in ("random", "builtin") and tag_uses_quick_gelu(s.arch, s.weights):
+        return "quick_gelu"
+    return "gelu"
+
+
 def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
     import open_clip
 
     register_model_configs()
     s = parse_spec(spec) if isinstance(spec, str) else spec
     pretrained: str | None = None
+    force_quick_gelu = False
     if s.weights is not None:
         if s.arch not in open_clip.list_models():
             raise UeobenchError(
@@ -137,13 +172,15 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
             elif s.weights not in open_clip.list_pretrained_tags_by_model(s.arch):
                 tags = open_clip.list_pretrained_tags_by_model(s.arch) + ["random"]
                 raise UeobenchError(f"unknown weights '{s.weights}' for {s.arch}{suggest(s.weights, tags)}")
+            else:  # a pretrained tag: build the activation its weights were trained with
+                force_quick_gelu = tag_uses_quick_gelu(s.arch, s.weights)
     log = logging.getLogger()
     level = log.level
     try:
         if s.is_random:  # asked for by name; open_clip's "initialized randomly" warning adds nothing
             log.setLevel(logging.ERROR)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            s.arch, pretrained=pretrained, device=device, weights_only=True
+            s.arch, pretrained=pretrained, device=device, weights_only=True, force_quick_gelu=force_quick_gelu
         )
     except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError, OSError, HF errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -163,7 +200,8 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
         "arch": s.arch,
         "weights": s.weights,
         "random_weights": s.is_random,
-        "quick_gelu": bool(getattr(model, "quick_gelu", False)) or _uses_quick_gelu(model),
+        "quick_gelu": _uses_quick_gelu(model),
+        "activation": "quick_gelu" if _uses_quick_gelu(model) else "gelu",
         "image_size": int(size),
         "interpolation": pp.get("interpolation", "bicubic"),
         "resize_mode": pp.get("resize_mode", "shortest"),
@@ -190,5 +228,9 @@ def list_backbones() -> list[dict[str, str]]:
             for p in sorted(folder.glob("*.safetensors"))]
     rows += [{"backbone": f"{a}:random", "source": "ueobench tiny architecture (random weights)"} for a in builtin_architectures()]
     for arch, tag in open_clip.list_pretrained():
-        rows.append({"backbone": f"{arch}:{tag}", "source": "open_clip pretrained (downloads on first use)"})
+        act = "QuickGELU" if tag_uses_quick_gelu(arch, tag) or "quickgelu" in arch else "GELU"
+        rows.append({"backbone": f"{arch}:{tag}", "source": f"open_clip pretrained, {act} (downloads on first use)"})
+    for arch in sorted(a for a in open_clip.list_models() if a.endswith("-quickgelu")):
+        rows.append({"backbone": f"{arch}:/path/to/checkpoint",
+                     "source": "QuickGELU architecture: name it for local OpenAI checkpoints"})
     return rows
