@@ -3,7 +3,8 @@
 Effective learning rates as coded in the reference (methods.md section 2): the LambdaLR multiplies each group's
 lr by the base lr 0.01, so the prompt starts at 0.1 x 0.01 = 1e-3 and the logit scale at 5e-5 x 0.01 = 5e-7,
 then decays as (1 + 0.0002 it)^-0.75. SGD with Nesterov momentum 0.9 and weight decay 1e-3, batch 96,
-500 iterations per epoch for 10 epochs (the script's value), Resize(256) + RandomResizedCrop(0.08-1) + flip.
+500 iterations per epoch for 10 epochs (the script's value), drop_last; training view as tllib builds it: a
+256 x 256 square resize (bicubic), RandomResizedCrop(224, 0.08-1, bilinear), flip.
 The reference selects its epoch with target labels; here the last epoch is reported. Note that at 5e-7 the
 logit scale (about 4.6 = ln 100 in fp32) moves only when its gradient exceeds about 0.5, so in practice it
 barely changes, in the reference as here.
@@ -18,7 +19,12 @@ from ueobench.losses import im_loss, pouf_transport_loss
 from ueobench.method import register_method
 from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
 from ueobench.trainer import TrainSpec
-from ueobench.transforms import random_resized_crop
+from ueobench.transforms import square_resize_then_crop
+
+
+def pouf_decay(step: int, total: int) -> float:
+    """POUF's LambdaLR factor, stepped every iteration: (1 + 0.0002 * it) ** -0.75."""
+    return (1.0 + 0.0002 * step) ** -0.75
 
 
 @register_method("pouf")
@@ -37,10 +43,6 @@ class POUF(PromptTuningMethod):
 
     dataset_defaults = {}
 
-    def setup(self, backbone, class_names, context):
-        super().setup(backbone, class_names, context)
-        self._initial["logit_scale"] = backbone.model.logit_scale.detach().clone()
-
     def trainable_parameters(self):
         return {"prompt": [self.prompt.ctx], "logit_scale": [self.backbone.model.logit_scale]}
 
@@ -56,12 +58,7 @@ class POUF(PromptTuningMethod):
             groups={"prompt": ([self.prompt.ctx], o.lr_prompt),
                     "logit_scale": ([self.backbone.model.logit_scale], o.lr_logit_scale)},
             epochs=o.epochs, batch_size=o.batch_size, iters_per_epoch=o.iters_per_epoch, optimizer="sgd",
-            momentum=0.9, nesterov=True, weight_decay=1e-3, schedule="pouf", drop_last=True,
-            transform=random_resized_crop(self.backbone, (o.aug_scale_min, 1.0), resize_first=True),
+            momentum=0.9, nesterov=True, weight_decay=1e-3, schedule=pouf_decay, drop_last=True,
+            transform=square_resize_then_crop(self.backbone, (o.aug_scale_min, 1.0)),
             eval_every=o.eval_every,
         )
-
-    def reset(self):
-        super().reset()
-        with torch.no_grad():
-            self.backbone.model.logit_scale.copy_(self._initial["logit_scale"])

@@ -1,10 +1,11 @@
-"""TPT (Shu et al., NeurIPS 2022): per-image test-time prompt tuning (azshue/TPT).
+"""TPT (Shu et al., NeurIPS 2022; azshue/TPT): per-image test-time prompt tuning.
 
-For every image: reset the prompt (4 tokens from "a photo of a") and the optimiser, build 64 views (the image
-itself plus 63 RandomResizedCrop + flip views), keep the 10% of views with the lowest entropy, take one AdamW
-step (lr 5e-3) on the entropy of their averaged probability, then predict the original view with the updated
-prompt. AugMix, which the reference adds for fine-grained datasets, is not used. Views are cropped from the
-already-normalised eval tensor.
+For every image: reset the prompt (4 tokens from "a photo of a") and the optimiser, build 64 views (view 0 is
+the eval transform of the image; 63 are cut from the **original** image with RandomResizedCrop + flip and, as
+the reference does for every non-ImageNet set, Office-Home and DomainNet included, mixed with AugMix), keep the
+10% of views with the lowest entropy (chosen at the first step), take one AdamW step (lr 5e-3) on the entropy
+of their averaged probability, then predict view 0 with the updated prompt. Images are processed one at a time,
+as in the reference.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchvision.transforms import v2
 
+from ueobench.augmix import TPTViews
 from ueobench.clip_ops import encode_images
 from ueobench.method import Method, Options, register_method
 from ueobench.prompt_learner import PromptLearner
@@ -32,6 +33,7 @@ class TPT(Method):
         n_ctx: int = 4
         ctx_init: str = "a photo of a"
         scale_min: float = 0.08
+        augmix: bool = True  # the reference's views for every non-ImageNet set
 
     def setup(self, backbone, class_names, context):
         super().setup(backbone, class_names, context)
@@ -39,26 +41,31 @@ class TPT(Method):
         self.prompt = PromptLearner(backbone, class_names, o.n_ctx, o.ctx_init or None)
         self._initial = self.prompt.ctx.detach().clone()
         self.amp_dtype = context.amp_dtype
-        self.augment = v2.Compose([v2.RandomResizedCrop(backbone.image_size, scale=(o.scale_min, 1.0), antialias=True),
-                                   v2.RandomHorizontalFlip()])
 
     def trainable_parameters(self):
         return {"prompt": [self.prompt.ctx]}
+
+    def prediction_transform(self, eval_transform):
+        o, b = self.options, self.backbone
+        return TPTViews(eval_transform, b.image_size, b.mean, b.std, views=o.views, augmix=o.augmix,
+                        scale=(o.scale_min, 1.0))
+
+    def eval_batching(self):
+        return 1, False  # one image (64 views) at a time, as the reference
 
     def _reset_prompt(self) -> None:
         with torch.no_grad():
             self.prompt.ctx.copy_(self._initial)
 
-    def _tune_on(self, image: torch.Tensor) -> torch.Tensor:
+    def _tune_on(self, views: torch.Tensor) -> torch.Tensor:
         o = self.options
         device = self.backbone.device
         self._reset_prompt()
         optimizer = torch.optim.AdamW([self.prompt.ctx], lr=o.lr)  # fresh optimiser state per image
-        views = torch.stack([image] + [self.augment(image) for _ in range(o.views - 1)]).to(device)
         with torch.no_grad():
-            feats = encode_images(self.backbone, views)
+            feats = encode_images(self.backbone, views.to(device))
         scale = self.backbone.model.logit_scale.exp().detach()
-        keep = max(1, int(o.views * o.select))
+        keep = max(1, int(len(views) * o.select))
         dtype = self.amp_dtype
         selected = None
         with torch.enable_grad():
@@ -78,9 +85,7 @@ class TPT(Method):
             return feats[0] @ self.prompt().T
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        out = torch.stack([self._tune_on(img) for img in images])
+        """``images``: [B, views, 3, H, W] from ``prediction_transform`` (view 0 is the plain image)."""
+        out = torch.stack([self._tune_on(v) for v in images])
         self._reset_prompt()
         return out
-
-    def reset(self):
-        self._reset_prompt()

@@ -1,13 +1,16 @@
-"""UPL (Huang et al., 2022): a prompt trained with cross-entropy on zero-shot pseudo-labels.
+"""UPL (Huang et al., 2022; tonyhuang2022/UPL): prompts trained with cross-entropy on zero-shot pseudo-labels.
 
 Zero-shot CLIP (the dataset's prompt, CLIP's logit scale) labels the adaptation set; the ``shots`` = 16 most
 confident samples per predicted class become pseudo-labels. A 16-token generic context, randomly initialised
-(std 0.02), is trained on them: SGD lr 0.002, momentum 0.9, weight decay 5e-4, cosine over 50 epochs after one
-warm-up epoch at 1e-5, batch 32, RandomResizedCrop + flip. The reference averages 16 prompts trained from
-different seeds; ``ensemble`` sets that count (default 1 here, for cost; the record keeps both numbers).
+(std 0.02), is trained on them, as the reference's Dassl trainer does: SGD lr 0.002, momentum 0.9, weight decay
+5e-4, batch 32 (``drop_last`` when there is at least one full batch), RandomResizedCrop + flip, 50 epochs; the
+schedule steps **once per epoch**: one warm-up epoch at a constant 1e-5, then a cosine over 50 epochs that
+counts from 0 after the warm-up (epoch 2 at 0.002, the last near 8e-6). The reference averages the predictions
+of 16 prompts trained from seeds 1..16: ``ensemble`` = 16 by default.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +22,19 @@ from ueobench.prompt_learner import PromptLearner
 from ueobench.trainer import TrainSpec, fit
 from ueobench.transforms import random_resized_crop
 
-REFERENCE_ENSEMBLE = 16
+WARMUP_LR = 1e-5  # Dassl's WARMUP_CONS_LR in UPL's configs
+
+
+def dassl_cosine_with_warmup(base_lr: float, warmup_epochs: int, max_epochs: int):
+    """Dassl's ConstantWarmupScheduler around CosineAnnealingLR(T_max = max_epochs), with WARMUP_RECOUNT: the
+    factor for the epoch with index ``step`` (0-based), as a multiplier of ``base_lr``."""
+
+    def factor(step: int, total: int) -> float:
+        if step < warmup_epochs:
+            return WARMUP_LR / base_lr
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup_epochs) / max_epochs))
+
+    return factor
 
 
 @register_method("upl")
@@ -30,7 +45,7 @@ class UPL(Method):
     class Options(Options):
         shots: int = 16
         n_ctx: int = 16
-        ensemble: int = 1
+        ensemble: int = 16
         epochs: int = 50
         batch_size: int = 32
         lr: float = 0.002
@@ -41,8 +56,6 @@ class UPL(Method):
         super().setup(backbone, class_names, context)
         self.learners = [PromptLearner(backbone, class_names, self.options.n_ctx, init=None)
                          for _ in range(self.options.ensemble)]
-        self._initial = [pl.ctx.detach().clone() for pl in self.learners]
-        self.history = []
 
     def trainable_parameters(self):
         return {f"prompt{i}": [pl.ctx] for i, pl in enumerate(self.learners)}
@@ -66,6 +79,7 @@ class UPL(Method):
         self.num_pseudo = len(chosen)
         pred = pred.to(context.device)
         scale = self.backbone.model.logit_scale.exp().detach()
+        history = []
         for i, learner in enumerate(self.learners):
             torch.manual_seed(context.seed + i)
 
@@ -74,13 +88,12 @@ class UPL(Method):
                 return F.cross_entropy(logits.float(), pred[idx.to(pred.device)])
 
             spec = TrainSpec(groups={"prompt": ([learner.ctx], o.lr)}, epochs=o.epochs, batch_size=o.batch_size,
-                             optimizer="sgd", momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                             warmup_epochs=o.warmup_epochs, warmup_lr=1e-5, indices=chosen,
+                             optimizer="sgd", momentum=0.9, weight_decay=5e-4,
+                             schedule=dassl_cosine_with_warmup(o.lr, o.warmup_epochs, o.epochs), schedule_unit="epoch",
+                             indices=chosen, drop_last=len(chosen) >= o.batch_size,
                              transform=random_resized_crop(self.backbone, (0.08, 1.0)), eval_every=o.eval_every)
-            self.history += fit(spec, context, step_loss, label=f"upl prompt {i + 1}/{o.ensemble}")
-
-    def uses_frozen_features(self) -> bool:
-        return True
+            history += [{**h, "prompt": i} for h in fit(spec, context, step_loss, label=f"upl prompt {i + 1}/{o.ensemble}")]
+        return history
 
     @torch.no_grad()
     def predict_features(self, features):
@@ -90,11 +103,5 @@ class UPL(Method):
     def predict(self, images):
         return self.predict_features(encode_images(self.backbone, images))
 
-    def reset(self):
-        with torch.no_grad():
-            for pl, init in zip(self.learners, self._initial):
-                pl.ctx.copy_(init)
-
     def info(self):
-        return {"ensemble": self.options.ensemble, "reference_ensemble": REFERENCE_ENSEMBLE,
-                "pseudo_labelled": getattr(self, "num_pseudo", None)}
+        return {"ensemble": self.options.ensemble, "pseudo_labelled": getattr(self, "num_pseudo", None)}

@@ -20,9 +20,6 @@ class ZeroShot(Method):
         self.template = self.options.prompt or context.prompt
         self.text = encode_texts(backbone, prompt_texts(self.template, class_names))
 
-    def uses_frozen_features(self) -> bool:
-        return True
-
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.text.T
 

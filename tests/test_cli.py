@@ -22,7 +22,7 @@ def test_run_then_table(cli):
     assert "test   acc" in r.output and "target acc" in r.output
     [run_dir] = list(Path("results/runs").iterdir())
     rec = json.loads((run_dir / "record.json").read_text())
-    assert rec["schema"] == 1 and rec["status"] == "done"
+    assert rec["schema"] == 2 and rec["status"] == "done"
     assert rec["config"]["protocol_checksum"].startswith("sha256:")
     assert rec["protocol"]["prompt"] == "a photo of a {}."
     assert rec["protocol"]["known"][:2] == ["circle", "square"]
@@ -63,8 +63,8 @@ def test_api_mirrors_cli():
     import ueobench
 
     res = ueobench.run(method="zeroshot", protocol="cda", domain="sketch", backbone=TINY, seed=1)
-    assert not res.skipped and res.record["metrics"]["test"]["acc"] is not None
-    assert res.record["metrics"]["target"]["n_unknown"] == 0  # cda adaptation data holds known classes only
+    assert not res.skipped and res.record.metrics["test"]["acc"] is not None
+    assert res.record.metrics["target"]["n_unknown"] == 0  # cda adaptation data holds known classes only
     assert "sketch" in ueobench.table(protocol="cda")
 
 

@@ -133,7 +133,7 @@ def test_bad_results_folder_entries_are_skipped_with_a_warning(cli):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         recs = list(iter_records("results"))
-    assert [r["run_id"] for r in recs] == [good.name]
+    assert [r.run_id for r in recs] == [good.name]
     messages = " ".join(str(w.message) for w in caught)
     assert "corrupt/record.json" in messages and "foreign/record.json" in messages
     assert "record schema 99, newer than this ueobench" in messages and "upgrade ueobench to read it; skipping it" in messages
@@ -152,10 +152,10 @@ def test_unwritable_or_full_results_folder_fails_before_compute(cli, tmp_path, m
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
-    import ueobench.runner as runner
+    import ueobench.execute as execute
 
     called = []
-    monkeypatch.setattr(runner, "load_backbone", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(execute, "load_backbone", lambda *a, **k: called.append(1))
     r = cli("run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY)
     assert r.exit_code == 2 and "MiB free" in r.output and not called
 

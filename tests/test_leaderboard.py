@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ueobench import __version__
 from ueobench.leaderboard import build_table, read_reference, render
 from ueobench.metrics import evaluate
 from ueobench.records import write_run
@@ -29,8 +30,9 @@ def fake_run(results: Path, method: str, shift: str, domain: str, seed: int, qua
     metrics = {s: evaluate(cos, labels, k, logit_scale=100.0) for s in ("test", "target")}
     identity = {"method": method, "options": {}, "dataset": "shapes", "shift": shift, "domain": domain,
                 "backbone": "tiny-vit:random", "seed": seed}
-    record = {"schema": 1, "run_id": f"{method}{'-oracle' if oracle else ''}-{shift}-{domain}-{seed}", "config": identity, "metrics": metrics,
-              "method": {"name": method, "oracle": oracle}, "protocol": {"num_known": k},
+    code = {"fingerprint": "sha256:synthetic", "ueobench": __version__, "files": {}}  # no file: counts as current
+    record = {"schema": 2, "run_id": f"{method}{'-oracle' if oracle else ''}-{shift}-{domain}-{seed}", "config": identity, "metrics": metrics,
+              "method": {"name": method, "label": method, "oracle": oracle, "code": code}, "protocol": {"num_known": k},
               "evaluation": {"score": "mcm", "hscore_rule": "nent:0.5"}, "history": []}
     arrays = {"logit_scale": np.array(100.0)}
     for s in ("test", "target"):

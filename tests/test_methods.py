@@ -23,13 +23,13 @@ CASES = {
     "ueo-norm-rn": ({**FAST, "tune": "norm"}, "tiny-rn:random", {"norm"}),
     "tent-rn": ({"epochs": "1"}, "tiny-rn:random", {"norm"}),
     "pouf": ({"epochs": "1", "iters_per_epoch": "2", "batch_size": "32", "lr_logit_scale": "0.01"}, TINY, {"prompt", "logit_scale"}),
-    "upl": ({"epochs": "2", "warmup_epochs": "1", "shots": "4"}, TINY, {"prompt0"}),
+    "upl": ({"epochs": "2", "warmup_epochs": "1", "shots": "4", "ensemble": "1"}, TINY, {"prompt0"}),
 }
 
 
 def session(method: str, options: dict, backbone: str = TINY, protocol: str = "opda"):
     req = runner.RunRequest(method=method, protocol=protocol, domain="clipart", backbone=backbone, options=options)
-    return runner.start(req)
+    return runner.start(runner.plan_run(req))
 
 
 def all_parameters(s) -> dict[str, torch.nn.Parameter]:
@@ -127,7 +127,9 @@ def test_tpt_restores_its_prompt_before_every_image(monkeypatch):
         starts.append(m.prompt.ctx.detach().clone())
 
     monkeypatch.setattr(m, "_reset_prompt", spy)
-    images, _ = next(iter(s.context.make_loader(batch_size=3, shuffle=False)))
+    views = m.prediction_transform(s.backbone.preprocess)
+    images, _, _ = next(iter(s.evaluator.make_loader(s.planned.shift_data.test, views, 3)))
+    assert images.shape[:2] == (3, 8)
     out = m.predict(images)
     assert out.shape == (3, 10)
     assert len(starts) == 4  # before each of the 3 images, and once after the batch
@@ -135,7 +137,7 @@ def test_tpt_restores_its_prompt_before_every_image(monkeypatch):
     assert m.prompt.ctx.grad is not None  # a step was taken on each image
     # the prediction is not the zero-shot one: the prompt did move for each image
     with torch.no_grad():
-        zs = torch.nn.functional.normalize(s.backbone.model.encode_image(images[:1]).float(), dim=-1) @ m.prompt().T
+        zs = torch.nn.functional.normalize(s.backbone.model.encode_image(images[:1, 0]).float(), dim=-1) @ m.prompt().T
     assert not torch.allclose(out[:1], zs, atol=1e-7)
 
 
@@ -150,14 +152,15 @@ def test_upl_pseudo_labels_top_k_per_predicted_class():
 
 @pytest.mark.parametrize("method, extra", [
     ("ent", FAST), ("im", FAST), ("ueo", FAST), ("tent", {"epochs": "1"}),
-    ("pouf", {"epochs": "1", "iters_per_epoch": "2"}), ("upl", {"epochs": "1", "warmup_epochs": "0"}),
+    ("pouf", {"epochs": "1", "iters_per_epoch": "2"}), ("upl", {"epochs": "1", "warmup_epochs": "0", "ensemble": "1"}),
     ("tpt", {"views": "4"}), ("zeroshot", {}),
 ])
 def test_every_method_runs_end_to_end_from_the_cli(cli, method, extra):
     sets = [a for k, v in extra.items() for a in ("--set", f"{k}={v}")]
     r = cli("run", "--method", method, "--protocol", "oda", "--domain", "real", "--backbone", TINY, *sets)
     assert r.exit_code == 0, r.output
-    assert f"{method} | shapes/oda/real" in r.output
+    first = [ln for ln in r.output.splitlines() if "| shapes/oda/real |" in ln]
+    assert first and first[0].startswith(method), r.output
 
 
 def test_reference_defaults_and_dataset_overrides():
@@ -172,6 +175,6 @@ def test_reference_defaults_and_dataset_overrides():
     pouf = build_options(get_method("pouf"), {})
     assert (pouf.lr_prompt, pouf.lr_logit_scale, pouf.batch_size, pouf.im_weight) == (1e-3, 5e-7, 96, 0.3)
     upl = build_options(get_method("upl"), {})
-    assert (upl.shots, upl.n_ctx, upl.lr, upl.batch_size, upl.ensemble) == (16, 16, 0.002, 32, 1)
+    assert (upl.shots, upl.n_ctx, upl.lr, upl.batch_size, upl.ensemble) == (16, 16, 0.002, 32, 16)
     tpt = build_options(get_method("tpt"), {})
     assert (tpt.views, tpt.select, tpt.lr, tpt.steps) == (64, 0.1, 5e-3, 1)

@@ -19,7 +19,7 @@ def test_readme_plugin_example_runs(cli, tmp_path):
     r = cli("--plugins", str(plugins), "run", "--method", "ensemble", "--protocol", "oda", "--domain", "sketch",
             "--set", "templates=2", "--backbone", TINY)
     assert r.exit_code == 0, r.output
-    assert "ensemble | shapes/oda/sketch" in r.output
+    assert "ensemble (templates=2) | shapes/oda/sketch |" in r.output
 
 
 def test_readme_commands_match_ci():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,13 +33,14 @@ def test_truncated_text_pass_equals_the_full_77_token_pass(spec):
 def test_precision_and_device_settings_are_recorded(cli):
     r = cli("run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY, "--json")
     rec = json.loads(r.output)
-    assert rec["config"]["precision"] == "fp32"  # CPU default; part of the run's identity
+    assert rec["config"]["precision"] == "auto"  # as requested: the identity never depends on the machine
     s = rec["settings"]
-    assert s["precision"] == "fp32" and s["trainable_dtype"] == "fp32"
+    assert s["precision"] == "fp32" and s["precision_requested"] == "auto" and s["trainable_dtype"] == "fp32"
     assert {"tf32", "cudnn_benchmark", "channels_last", "loader_workers", "pin_memory"} <= set(s)
     bad = cli("run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY,
               "--precision", "fp16", "--device", "cpu")
     assert bad.exit_code == 2 and "fp16 autocast is for CUDA" in bad.output
+    assert not Path("results/failed").exists()  # a request this machine cannot run is refused, not a failed run
 
 
 def test_bf16_on_cpu_trains_with_fp32_parameters(cli):

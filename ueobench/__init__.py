@@ -4,7 +4,7 @@ from __future__ import annotations
 from .errors import UeobenchError
 from .method import AdaptContext, Method, Options, register_method
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["UeobenchError", "Method", "Options", "AdaptContext", "register_method", "__version__"]
 
 _API = {"run", "table", "show_protocol", "check_data", "describe_methods", "list_methods", "list_backbones",

@@ -8,7 +8,8 @@ from . import data as data_mod
 from .backbones import builtin_architectures, list_backbones
 from .method import METHODS, add_plugin_folder, get_method, list_methods
 from .protocols import list_datasets, load_protocol
-from .runner import RunRequest, RunResult
+from .plan import RunRequest
+from .runner import RunResult
 from .runner import run as _run
 from .scores import SCORES
 from .leaderboard import build_table, render
@@ -28,12 +29,12 @@ def table(results: str = "results", metric: str | list[str] = "acc", rows: str =
           split: str = "test", method: str | None = None, dataset: str | None = None, protocol: str | None = None,
           domain: str | None = None, backbone: str | None = None, seeds: int | None = None, score: str | None = None,
           rule: str | None = None, average: bool = True, rank_oracle: bool = False, reference: str | None = None,
-          fmt: str = "md") -> str:
+          fmt: str = "md", code: str = "current") -> str:
     """``ueobench table``: a leaderboard as markdown, LaTeX, CSV, JSON or HTML."""
     metrics = metric.split(",") if isinstance(metric, str) else list(metric)
     filters = {"method": method, "dataset": dataset, "shift": protocol, "domain": domain, "backbone": backbone}
     t = build_table(results, [m.strip() for m in metrics], rows, cols, split, filters, seeds, score, rule, average,
-                    rank_oracle, reference)
+                    rank_oracle, reference, code)
     return render(t, fmt)
 
 

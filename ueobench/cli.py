@@ -88,18 +88,17 @@ def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: 
                   results=results, score=score, rule=rule, workers=workers, force=force, cache=not no_cache, precision=precision)
     rec = res.record
     if as_json:
-        click.echo(json.dumps(rec, indent=1, sort_keys=True))
+        click.echo(json.dumps(rec.raw, indent=1, sort_keys=True))
         return
-    cfg = rec["config"]
-    if rec["backbone"].get("random_weights"):
+    if rec.raw.get("backbone", {}).get("random_weights"):
         click.echo("warning: random backbone weights: these numbers measure nothing but the harness", err=True)
     state = "already done, reused (pass --force to rerun)" if res.skipped else "done"
-    click.echo(f"{cfg['method']} | {cfg['dataset']}/{cfg['shift']}/{cfg['domain']} | {cfg['backbone']} | seed {cfg['seed']}: {state}")
+    click.echo(f"{rec.label} | {rec.dataset}/{rec.shift}/{rec.domain} | {rec.backbone} | seed {rec.seed}: {state}")
     click.echo(f"record: {res.path}")
     for split in ("test", "target"):
-        m = rec["metrics"][split]
+        m = rec.metrics.get(split, {})
         parts = "  ".join(f"{k} {_fmt(m.get(k))}" for k in METRICS)
-        click.echo(f"  {split:<6} {parts}   (n={m['n']}, unknown={m['n_unknown']})")
+        click.echo(f"  {split:<6} {parts}   (n={int(m.get('n') or 0)}, unknown={int(m.get('n_unknown') or 0)})")
 
 
 def _filters(f):
@@ -125,13 +124,16 @@ def _filters(f):
 @click.option("--reference", default=None, type=click.Path(dir_okay=False), help="CSV of reported numbers to show beside ours.")
 @click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "latex", "csv", "json", "html"]))
 @click.option("--output", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--code", default="current", show_default=True, type=click.Choice(["current", "all"]),
+              help="current: only runs made by the installed code of each method; all: older code too, in rows of their own.")
 def table(results: str, metrics: str, rows: str, cols: str, split: str, method, dataset, protocol, domain, backbone,
           seeds: int | None, score: str | None, rule: str | None, no_average: bool, rank_oracle: bool,
-          reference: str | None, fmt: str, output: str | None) -> None:
+          reference: str | None, fmt: str, output: str | None, code: str) -> None:
     """Render a leaderboard from the stored runs."""
     text = api.table(results=results, metric=metrics, rows=rows, cols=cols, split=split, method=method,
                      dataset=dataset, protocol=protocol, domain=domain, backbone=backbone, seeds=seeds, score=score,
-                     rule=rule, average=not no_average, rank_oracle=rank_oracle, reference=reference, fmt=fmt)
+                     rule=rule, average=not no_average, rank_oracle=rank_oracle, reference=reference, fmt=fmt,
+                     code=code)
     if output:
         from pathlib import Path
 
@@ -244,7 +246,7 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
 
     spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results)
     jobs = sw.expand(spec)
-    names = [sw.job_name(j) for j in jobs]
+    names = sw.job_names(jobs)
     if dry_run:
         states = [sw.state(results, n) for n in names]
         for j, n, st in zip(jobs, names, states):
@@ -292,7 +294,7 @@ def status(method, protocol, domain, dataset, seeds, backbone, sets, epochs, dev
     if method:
         spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results)
         jobs = sw.expand(spec)
-        grids.append((spec, [sw.job_name(j) for j in jobs]))
+        grids.append((spec, sw.job_names(jobs)))
     else:
         for path in sw.plans(results):
             spec, _, names = sw.load_plan(path)

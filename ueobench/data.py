@@ -43,6 +43,7 @@ class DomainData:
     test: list[Entry]
     opener: Callable[[str | int], Image.Image]
     skipped: dict[str, int]
+    content_id: str | None = None  # a content fingerprint the source provides itself (Hugging Face datasets)
 
 
 @dataclass
@@ -210,7 +211,9 @@ def _hf_domain(protocol: Protocol, dom: Domain, cfg: settings.DatasetSettings, l
         to_label = _hf_label_mapper(ds, cfg.label_column, protocol.classes, f"Hugging Face dataset {location}")
         entries[role] = [Entry(f"{role}:{i}", to_label(v)) for i, v in enumerate(ds[cfg.label_column])]
     opener = _HFOpener(splits, cfg.image_column)
-    return DomainData(protocol.name, dom.name, "hf", location, entries["adapt"], entries["test"], opener, skipped)
+    content = ",".join(f"{role}={getattr(ds, '_fingerprint', None)}" for role, ds in sorted(splits.items()))
+    return DomainData(protocol.name, dom.name, "hf", location, entries["adapt"], entries["test"], opener, skipped,
+                      content)
 
 
 # ------------------------------------------------------------------------------------------- resolution

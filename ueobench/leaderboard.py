@@ -42,46 +42,46 @@ def _axis(name: str) -> str:
 # ------------------------------------------------------------------------------------------ the frame
 
 
-def variant_label(method: str, options: dict[str, Any], dataset: str) -> str:
-    """``ueo``, or ``ueo (epochs=10, lr_prompt=0.01)`` when options differ from the method's defaults for the
-    dataset: runs of different configurations are never averaged into one row."""
-    from .method import build_options, get_method, options_dict
-
-    try:
-        defaults = options_dict(build_options(get_method(method), {}, dataset))
-    except UeobenchError:  # a plugin that is not loaded: fall back to its name
-        return method
-    diff = {k: v for k, v in sorted(options.items()) if k not in defaults or defaults[k] != v}
-    return method if not diff else f"{method} ({', '.join(f'{k}={v}' for k, v in diff.items())})"
+CODE_CHOICES = ("current", "all")
 
 
-def records_frame(results: str | Path, score: str | None = None, rule: str | None = None) -> pd.DataFrame:
-    """One row per (run, split) with identity columns and metrics (percent), optionally recomputed."""
+def records_frame(results: str | Path, score: str | None = None, rule: str | None = None,
+                  code: str = "current") -> tuple[pd.DataFrame, int]:
+    """One row per (run, split) with identity columns and metrics (percent), optionally recomputed, and the
+    number of runs left out because they were made by other code than the installed one (``code="current"``).
+
+    Row labels come from the records themselves (``method.label``), never from the plugins loaded now. With
+    ``code="all"``, runs of other code keep their own rows, marked with their code fingerprint."""
+    from .fingerprints import code_status
+
+    if code not in CODE_CHOICES:
+        raise UeobenchError(f"unknown --code '{code}'; use current or all")
     rows: list[dict[str, Any]] = []
+    left_out = 0
     for rec in iter_records(results):
-        cfg = rec["config"]
-        ev = rec.get("evaluation", {})
-        recompute = (score and score != ev.get("score")) or (rule and rule != ev.get("hscore_rule"))
+        label = rec.label
+        if code_status(rec.code) == "changed":
+            if code == "current":
+                left_out += 1
+                continue
+            label = f"{label} [code {rec.code_fingerprint[-8:] if rec.code_fingerprint else 'v1'}]"
+        recompute = (score and score != rec.score) or (rule and rule != rec.rule)
         if recompute:
-            preds = load_predictions(rec["_path"])
+            preds = load_predictions(rec.path)
             scale = float(preds["logit_scale"])
-        for split, m in sorted(rec.get("metrics", {}).items()):
+        for split, m in sorted(rec.metrics.items()):
             if recompute:
-                m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec["protocol"]["num_known"],
-                             logit_scale=scale, score=score or ev.get("score", "mcm"),
-                             rule=rule or ev.get("hscore_rule", "nent:0.5"))
-            row = {k: cfg[k] for k in ("dataset", "shift", "domain", "backbone", "seed")}
-            row["method_name"] = cfg["method"]
-            row["method"] = variant_label(cfg["method"], cfg.get("options", {}), cfg["dataset"])
-            row["split"] = split
-            row["oracle"] = bool(rec.get("method", {}).get("oracle", False))
-            row["run_id"] = rec["run_id"]
+                m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec.num_known,
+                             logit_scale=scale, score=score or rec.score, rule=rule or rec.rule)
+            row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
+                   "seed": rec.seed, "method_name": rec.method, "method": label, "split": split,
+                   "oracle": rec.oracle, "run_id": rec.run_id}
             for k in METRICS:
                 v = m.get(k)
                 row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
             rows.append(row)
     cols = [*AXES, "method_name", "seed", "split", "oracle", "run_id", *METRICS]
-    return pd.DataFrame(rows, columns=cols)
+    return pd.DataFrame(rows, columns=cols), left_out
 
 
 # ------------------------------------------------------------------------------------------ the cells
@@ -144,6 +144,7 @@ def build_table(
     average: bool = True,
     rank_oracle: bool = False,
     reference: str | Path | None = None,
+    code: str = "current",
 ) -> Table:
     metrics = metrics or ["acc"]
     for m in metrics:
@@ -152,8 +153,11 @@ def build_table(
     rows, cols = _axis(rows), _axis(cols)
     if rows == cols:
         raise UeobenchError("--rows and --cols must differ")
-    df = records_frame(results, score, rule)
+    df, left_out = records_frame(results, score, rule, code)
     if df.empty:
+        if left_out:
+            raise UeobenchError(f"all {left_out} finished runs under {Path(results) / 'runs'} were made by other code "
+                                f"than the installed one; rerun them, or show them with --code all")
         raise UeobenchError(f"no finished runs under {Path(results) / 'runs'}; start one with ueobench run")
     df = _filter(df[df["split"] == split], filters or {})
     if df.empty:
@@ -190,7 +194,7 @@ def build_table(
         col_labels = [*col_labels, "avg"]
     _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_rows)
     meta = {"rows": rows, "cols": cols, "metrics": metrics, "split": split, "averaged_over": averaged,
-            "seeds_expected": seeds, "score": score, "rule": rule,
+            "seeds_expected": seeds, "score": score, "rule": rule, "other_code_left_out": left_out,
             **{a: sorted(df[a].astype(str).unique()) for a in hidden if df[a].nunique() == 1}}
     table = Table(row_labels, col_labels, metrics, cells, meta, oracle_rows)
     if reference:
@@ -316,6 +320,9 @@ def caption(t: Table) -> str:
     if m["score"] or m["rule"]:
         parts.append("recomputed with " + ", ".join(x for x in (m["score"] and f"score {m['score']}", m["rule"] and f"rule {m['rule']}") if x))
     parts.append("best in bold, second underlined" + ("; oracle rows (target labels) unranked" if t.oracle_rows else ""))
+    if m.get("other_code_left_out"):
+        n = m["other_code_left_out"]
+        parts.append(f"{n} run{'s' if n != 1 else ''} made by other code left out (--code all shows them)")
     return "; ".join(parts)
 
 

@@ -1,7 +1,8 @@
 """Training objectives as pure functions of probabilities (or similarities), testable against their formulas.
 
 The entropy epsilon follows the reference code: 1e-5 inside the log (SHOT, UEO); POUF uses 1e-6 for the
-marginal term, exposed as ``marginal_eps``.
+marginal term, exposed as ``marginal_eps``. TENT computes its entropy from logits with no epsilon at all
+(``-(softmax * log_softmax).sum(1)``): ``entropy_from_logits``.
 """
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ def entropy(probs: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return -(probs * torch.log(probs + eps)).sum(dim=-1)
 
 
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-row entropy from logits, exactly as DequanWang/tent: -(softmax(z) * log_softmax(z)).sum(1)."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
 def entropy_loss(probs: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Mean conditional entropy over the batch (TENT, "ent")."""
+    """Mean conditional entropy over the batch ("ent", with UEO's epsilon)."""
     return entropy(probs, eps).mean()
 
 

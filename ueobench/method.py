@@ -4,10 +4,18 @@ Every method shares one lifecycle::
 
     m = MethodClass(options)
     m.setup(backbone, class_names, context)   # build prompts, pick what to tune
-    m.trainable_parameters()                  # named groups; everything else stays frozen
-    m.adapt(context)                          # unlabeled target data; no-op for zero-shot
+    m.trainable_parameters()                  # named groups; everything else stays frozen (the runner
+                                              # snapshots them here, and reset() restores the snapshot)
+    m.adapt(context) -> history               # unlabeled target data; [] for zero-shot
     m.predict(images) -> cosine similarities  # [batch, K], unscaled; scores are computed downstream
     m.reset()                                 # back to the state right after setup
+
+The runner, not the method, decides how predictions are computed: from the shared cached image features
+(``predict_features``) when the method implements it and nothing it declared trainable lives in the image tower
+(and no BatchNorm uses batch statistics), else by a pass over the images with ``predict``. A method whose
+predictions depend on the batch says so with ``eval_batching``; one that needs other inputs than the eval
+tensor (TPT's views of the original image) supplies ``prediction_transform``; one that predicts online while it
+adapts (TENT) returns those outputs from ``online_predictions``.
 
 Methods are found through the ``ueobench.methods`` entry-point group (built-ins included), the modules of the
 built-in ``methods/`` folder, and folders given with ``--plugins``. Core code never imports a method by name.
@@ -73,13 +81,15 @@ class Method:
     Options: ClassVar[type] = Options
     #: True when the method reads target labels (oracle ablations); such runs are marked and ranked apart.
     uses_target_labels: ClassVar[bool] = False
-    #: "none" (zero-shot), "transductive" (adapts on the whole unlabeled set) or "episodic" (per image).
+    #: "none" (zero-shot), "transductive" (adapts on the whole unlabeled set), "online" (one pass, predicting
+    #: each batch before adapting on it) or "episodic" (per image).
     adaptation: ClassVar[str] = "none"
     #: Reference defaults that differ per dataset, e.g. {"domainnet": {"epochs": 5}}; user overrides win.
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
+        self._initial_state: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None
 
     def setup(self, backbone: Any, class_names: list[str], context: AdaptContext) -> None:
         self.backbone = backbone
@@ -88,25 +98,46 @@ class Method:
     def trainable_parameters(self) -> dict[str, list[torch.nn.Parameter]]:
         return {}
 
-    def adapt(self, context: AdaptContext) -> None:
-        """Adapt on the unlabeled target data. The default does nothing (zero-shot)."""
+    def snapshot(self) -> None:
+        """Remember the trainable parameters as they are now; ``reset`` restores them (called after ``setup``)."""
+        self._initial_state = [(p, p.detach().clone()) for ps in self.trainable_parameters().values() for p in ps]
+
+    def adapt(self, context: AdaptContext) -> list[dict[str, Any]]:
+        """Adapt on the unlabeled target data and return the training history (one entry per epoch).
+
+        The default does nothing (zero-shot)."""
+        return []
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def reset(self) -> None:
-        """Return to the state right after ``setup``."""
-
-    def uses_frozen_features(self) -> bool:
-        """True while predictions depend on an image only through the untouched image tower's features.
-
-        The runner then evaluates with cached features and ``predict_features`` instead of ``predict``.
-        """
-        return False
+        """Return to the state right after ``setup``: the snapshot of the trainable parameters."""
+        if self._initial_state is None:
+            raise RuntimeError(f"{type(self).__name__}.reset() before snapshot(); the runner snapshots after setup")
+        with torch.no_grad():
+            for p, value in self._initial_state:
+                p.copy_(value)
 
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Cosine similarities from L2-normalised image features [B, D]; needed when ``uses_frozen_features``."""
+        """Cosine similarities from L2-normalised image features [B, D]. Optional: a method that implements it
+        is evaluated on the shared cached features whenever its image tower is untouched."""
         raise NotImplementedError
+
+    def eval_batching(self) -> tuple[int, bool] | None:
+        """``(batch size, shuffle)`` when predictions depend on which images share a batch (BatchNorm with batch
+        statistics, per-image episodes); ``None``: any batching gives the same predictions."""
+        return None
+
+    def prediction_transform(self, eval_transform: Any) -> Any:
+        """The transform that turns a PIL image into what ``predict`` takes; the eval transform by default."""
+        return eval_transform
+
+    def online_predictions(self) -> Any:
+        """Cosine similarities [N, K] on the adaptation data, in adaptation index order, that the method produced
+        online while adapting (each before the update it caused), or None. When given, they are the reported
+        predictions on the adaptation ("target") split."""
+        return None
 
     def is_oracle(self) -> bool:
         """True when this configuration reads target labels; an option may turn it on (UEO's oracle weights)."""
@@ -143,7 +174,7 @@ def build_options(method_cls: type[Method], overrides: dict[str, str] | None, da
     opts_cls = method_cls.Options
     hints = typing.get_type_hints(opts_cls)
     valid = {f.name: f for f in fields(opts_cls)}
-    kwargs: dict[str, Any] = {k: v for k, v in method_cls.dataset_defaults.get(dataset or "", {}).items() if k in valid}
+    kwargs: dict[str, Any] = dict(method_cls.dataset_defaults.get(dataset or "", {}))
     for key, raw in (overrides or {}).items():
         if key not in valid:
             raise UeobenchError(
@@ -159,6 +190,11 @@ def build_options(method_cls: type[Method], overrides: dict[str, str] | None, da
 
 def options_dict(options: Any) -> dict[str, Any]:
     return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else {}
+
+
+def implements(method: Method, hook: str) -> bool:
+    """True when ``method``'s class overrides ``Method.<hook>`` (an optional capability such as predict_features)."""
+    return getattr(type(method), hook) is not getattr(Method, hook)
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -222,6 +258,14 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
             raise TypeError(f"@register_method('{name}') must decorate a Method subclass")
         if not dataclasses.is_dataclass(cls.Options):
             raise TypeError(f"{cls.__qualname__}.Options must be a dataclass")
+        valid = {f.name for f in fields(cls.Options)}
+        for dataset, overrides in cls.dataset_defaults.items():
+            bad = sorted(set(overrides) - valid)
+            if bad:
+                raise UeobenchError(
+                    f"method '{name}' ({cls.__module__}): dataset_defaults['{dataset}'] names unknown option(s) "
+                    f"{', '.join(bad)}{suggest(bad[0], sorted(valid))}"
+                )
         cls.name = name
         METHODS.register(name, cls, origin=cls.__module__)
         return cls

@@ -76,15 +76,15 @@ def bars(out: str | Path, metric: str = "acc", results: str = "results", split: 
 
 def curves(out: str | Path, run: str, results: str = "results") -> Path:
     """Loss and metrics by epoch for one run (its id or a unique prefix)."""
-    matches = [r for r in iter_records(results) if r["run_id"].startswith(run)]
+    matches = [r for r in iter_records(results) if r.run_id.startswith(run)]
     if len(matches) != 1:
-        names = ", ".join(r["run_id"] for r in matches[:5])
+        names = ", ".join(r.run_id for r in matches[:5])
         raise UeobenchError(f"run '{run}' matches {len(matches)} records" + (f" ({names})" if names else "")
                             + "; give a longer prefix of the run id")
     rec = matches[0]
-    hist: list[dict[str, Any]] = rec.get("history") or []
+    hist: list[dict[str, Any]] = [h for h in rec.history if isinstance(h, dict) and "epoch" in h]
     if not hist:
-        raise UeobenchError(f"run {rec['run_id']} has no training history (method '{rec['config']['method']}' does not train)")
+        raise UeobenchError(f"run {rec.run_id} has no training history (method '{rec.label}' does not train)")
     plt = _figure()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     trained = [h for h in hist if "loss" in h]
@@ -92,7 +92,7 @@ def curves(out: str | Path, run: str, results: str = "results") -> Path:
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss")
     points = [(h["epoch"], h["metrics"]) for h in hist if "metrics" in h]
-    points.append((max(h["epoch"] for h in hist), rec["metrics"]))
+    points.append((max(h["epoch"] for h in hist), rec.metrics))
     for split in ("test", "target"):
         for m in ("acc", "auroc", "hscore"):
             ys = [p[1][split].get(m) for p in points]
@@ -102,5 +102,5 @@ def curves(out: str | Path, run: str, results: str = "results") -> Path:
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("%")
     ax2.legend(fontsize=7)
-    fig.suptitle(rec["run_id"], fontsize=8)
+    fig.suptitle(f"{rec.label}: {rec.dataset} / {rec.shift} / {rec.domain} / {rec.backbone}, seed {rec.seed}", fontsize=8)
     return _save(fig, out)

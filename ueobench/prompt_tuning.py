@@ -50,11 +50,7 @@ class PromptTuningMethod(Method):
             raise UeobenchError(f"option tune must be one of {', '.join(TUNE)}, got '{o.tune}'")
         self.prompt = PromptLearner(backbone, class_names, o.n_ctx, o.ctx_init or None)
         self.norms = norm_parameters(backbone.model.visual, o.norm_rule) if o.tune in ("both", "norm") else {}
-        self._initial = {"ctx": self.prompt.ctx.detach().clone(),
-                         **{n: p.detach().clone() for n, p in self.norms.items()}}
         self._text_cache: tuple[int, torch.Tensor] | None = None
-        self._image_tower_moved = False
-        self.history: list[dict[str, Any]] = []
 
     def trainable_parameters(self) -> dict[str, list[torch.nn.Parameter]]:
         groups: dict[str, list[torch.nn.Parameter]] = {}
@@ -83,9 +79,6 @@ class PromptTuningMethod(Method):
         """Logit scale of the training softmax: CLIP's own (about 100 for OpenAI weights)."""
         return self.backbone.model.logit_scale.exp().detach()
 
-    def uses_frozen_features(self) -> bool:
-        return not self._image_tower_moved
-
     @torch.no_grad()
     def predict_features(self, features: torch.Tensor) -> torch.Tensor:
         return features @ self.text_features().T
@@ -100,7 +93,6 @@ class PromptTuningMethod(Method):
         raise NotImplementedError
 
     def step_loss(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        self._image_tower_moved = self._image_tower_moved or bool(self.norms)
         probs = torch.softmax(self.scale() * self.cosine(images).float(), dim=1)
         return self.objective(probs, idx)
 
@@ -117,14 +109,10 @@ class PromptTuningMethod(Method):
     def before_training(self, context: AdaptContext) -> None:
         """Hook for work done once before the first step (e.g. UEO's confidence weights)."""
 
-    def adapt(self, context: AdaptContext) -> None:
+    def adapt(self, context: AdaptContext) -> list[dict[str, Any]]:
         self.before_training(context)
-        self.history = fit(self.train_spec(context), context, self.step_loss, label=f"{self.name} adapt")
+        return fit(self.train_spec(context), context, self.step_loss, label=f"{self.name} adapt")
 
     def reset(self) -> None:
-        with torch.no_grad():
-            self.prompt.ctx.copy_(self._initial["ctx"])
-            for n, p in self.norms.items():
-                p.copy_(self._initial[n])
+        super().reset()
         self._text_cache = None
-        self._image_tower_moved = False

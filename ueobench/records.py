@@ -1,23 +1,42 @@
-"""Run records: one folder per run, written atomically, found again by a content hash of the config.
+"""Run records: one folder per run, written atomically, named by the hash of its plan; and the typed record.
 
 Layout (see results/README.md)::
 
     <results>/runs/<method>_<dataset>_<shift>_<domain>_s<seed>-<hash12>/
-        record.json       # schema-versioned: config, checksums, metrics, timings, environment
+        record.json       # schema-versioned: plan, method code, label, metrics, settings, environment
         predictions.npz   # per-sample cosine logits, scores and labels for both splits (no pickles)
 
 A run folder is assembled under a temporary name and renamed into place, so a crash never leaves a
 half-written record, and a folder that exists is a finished run.
+
+Schema 2 (this version) of ``record.json``; every reader goes through ``RunRecord``:
+
+==================  ======================================================================================
+``schema``          2
+``run_id``          ``<method>_<dataset>_<shift>_<domain>_s<seed>-<hash12>``; hash12 = sha256 of ``config``
+``config``          the run plan (``ueobench.plan.RunPlan``): everything that determines the numbers
+``request``         what was asked, including how to execute it (device, workers: not hashed)
+``method``          ``name``, ``label`` (the leaderboard row), ``options`` (all, resolved), ``options_changed``
+                    (those differing from the method's defaults for the dataset), ``code`` (fingerprint and
+                    the hash of every source file), ``oracle``, ``adaptation``, ``selection``, ``info``
+``metrics``         ``{split: {metric: value or null}}`` for ``test`` and ``target``
+``settings``        what the machine resolved: device, autocast dtype, TF32, loader workers, evaluation path
+``history``         one entry per epoch, as ``adapt`` returned it
+``protocol``, ``data``, ``backbone``, ``evaluation``, ``timings``, ``environment``: provenance
+==================  ======================================================================================
+
+Schema-1 records (ueobench 0.1) are read, migrated on read: they predate method-code fingerprints, so they
+count as made by other code and are left out of tables unless asked for (``--code all``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,23 +45,108 @@ import numpy as np
 from .errors import UeobenchError
 from .faults import failpoint
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RECORD = "record.json"
 PREDICTIONS = "predictions.npz"
+SPLITS = ("test", "target")
 
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def config_hash(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
+class RecordError(ValueError):
+    """A record.json that is not a readable ueobench record; the message names the field."""
 
 
-def run_name(identity: dict[str, Any]) -> str:
-    slug = "_".join(str(identity[k]) for k in ("method", "dataset", "shift", "domain"))
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", slug)
-    return f"{slug}_s{identity['seed']}-{config_hash(identity)[:12]}"
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run as tables, plots, status and the API see it (read from ``record.json``)."""
+
+    run_id: str
+    schema: int
+    dataset: str
+    shift: str
+    domain: str
+    backbone: str
+    seed: int
+    method: str
+    label: str
+    options: dict[str, Any]
+    oracle: bool
+    code: dict[str, Any] | None  # None for schema-1 records (no code fingerprint)
+    metrics: dict[str, dict[str, float | None]]
+    num_known: int | None
+    score: str
+    rule: str
+    history: list[Any]
+    path: Path | None
+    raw: dict[str, Any]
+
+    @property
+    def code_fingerprint(self) -> str | None:
+        return None if self.code is None else self.code.get("fingerprint")
+
+
+def _field(doc: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in doc:
+        raise RecordError(f"{where}: missing field '{key}'")
+    v = doc[key]
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise RecordError(f"{where}: field '{key}' has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _metrics(doc: Any, where: str) -> dict[str, dict[str, float | None]]:
+    if not isinstance(doc, dict):
+        raise RecordError(f"{where}: field 'metrics' must be an object of splits")
+    out: dict[str, dict[str, float | None]] = {}
+    for split, m in doc.items():
+        if split not in SPLITS:
+            continue
+        if not isinstance(m, dict):
+            raise RecordError(f"{where}: metrics.{split} must be an object")
+        vals: dict[str, float | None] = {}
+        for k, v in m.items():
+            if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+                vals[str(k)] = None if v is None else float(v)
+        out[split] = vals
+    return out
+
+
+def parse_record(doc: Any, path: Path | None = None) -> RunRecord:
+    """Validate and type a record's JSON; schema-1 records are migrated. Raises ``RecordError`` or ``NewerSchema``."""
+    where = str(path / RECORD) if path is not None else "record"
+    if not isinstance(doc, dict):
+        raise RecordError(f"{where}: not a ueobench run record")
+    schema = _field(doc, "schema", int, where)
+    if schema > SCHEMA_VERSION:
+        raise NewerSchema(f"{where} has record schema {schema}, newer than this ueobench ({SCHEMA_VERSION}); "
+                          f"upgrade ueobench to read it")
+    cfg = _field(doc, "config", dict, where)
+    method = doc.get("method") if isinstance(doc.get("method"), dict) else {}
+    ev = doc.get("evaluation") if isinstance(doc.get("evaluation"), dict) else {}
+    proto = doc.get("protocol") if isinstance(doc.get("protocol"), dict) else {}
+    values = {k: _field(cfg, k, str, f"{where} config") for k in ("dataset", "shift", "domain", "backbone", "method")}
+    seed = _field(cfg, "seed", int, f"{where} config")
+    options = cfg.get("options", {})
+    if not isinstance(options, dict):
+        raise RecordError(f"{where}: config.options must be an object")
+    if schema >= 2:
+        label = _field(method, "label", str, f"{where} method")
+        code = _field(method, "code", dict, f"{where} method")
+    else:  # schema 1: no stored label or code; a label that can never merge two configurations
+        digest = hashlib.sha256(canonical_json(options).encode()).hexdigest()[:6]
+        label, code = f"{values['method']} [v1 {digest}]", None
+    num_known = proto.get("num_known")
+    history = doc.get("history", [])
+    return RunRecord(
+        run_id=_field(doc, "run_id", str, where), schema=schema, seed=seed, label=label, options=options,
+        oracle=bool(method.get("oracle", False)), code=code, metrics=_metrics(doc.get("metrics"), where),
+        num_known=num_known if isinstance(num_known, int) and not isinstance(num_known, bool) else None,
+        score=str(ev.get("score", "mcm")), rule=str(ev.get("hscore_rule", "nent:0.5")),
+        history=history if isinstance(history, list) else [], path=path, raw=doc, **values,
+    )
 
 
 def runs_dir(results: str | Path) -> Path:
@@ -153,31 +257,36 @@ def write_run(results: str | Path, name: str, record: dict[str, Any], arrays: di
     return final
 
 
-def read_record(folder: Path) -> dict[str, Any]:
-    with open(folder / RECORD, encoding="utf-8") as f:
-        rec = json.load(f)
-    if not isinstance(rec, dict) or "schema" not in rec or "config" not in rec:
-        raise ValueError("not a ueobench run record")
-    if rec["schema"] > SCHEMA_VERSION:
-        raise NewerSchema(
-            f"{folder / RECORD} has record schema {rec['schema']}, newer than this ueobench ({SCHEMA_VERSION}); "
-            f"upgrade ueobench to read it"
-        )
-    return rec
+def read_record(folder: Path) -> RunRecord:
+    try:
+        with open(folder / RECORD, encoding="utf-8") as f:
+            doc = json.load(f)
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{folder / RECORD}: not UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{folder / RECORD}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise RecordError(f"{folder / RECORD}: nested too deeply") from None
+    return parse_record(doc, folder)
 
 
 class NewerSchema(UeobenchError):
     """A record written by a newer ueobench."""
 
 
-def find_record(results: str | Path, name: str) -> dict[str, Any] | None:
+def find_record(results: str | Path, name: str) -> RunRecord | None:
+    """The finished record of run ``name``, or None when there is none or it is damaged (then it is redone)."""
     folder = runs_dir(results) / name
     if not (folder / RECORD).is_file():
         return None
-    return read_record(folder)
+    try:
+        return read_record(folder)
+    except (OSError, RecordError) as e:
+        warnings.warn(f"{e}; the run counts as not done", stacklevel=2)
+        return None
 
 
-def iter_records(results: str | Path) -> Iterator[dict[str, Any]]:
+def iter_records(results: str | Path) -> Iterator[RunRecord]:
     """Every finished record; unreadable or foreign files are skipped with a warning naming them."""
     root = runs_dir(results)
     if not root.is_dir():
@@ -190,10 +299,9 @@ def iter_records(results: str | Path) -> Iterator[dict[str, Any]]:
         except NewerSchema as e:
             warnings.warn(f"{e}; skipping it", stacklevel=2)
             continue
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, RecordError) as e:
             warnings.warn(f"skipping {folder / RECORD}: not a readable ueobench record ({e})", stacklevel=2)
             continue
-        rec["_path"] = str(folder)
         yield rec
 
 

@@ -80,6 +80,11 @@ def normalised_entropy(cos: np.ndarray, logit_scale: float) -> np.ndarray:
     return -(p * np.log(p + 1e-12)).sum(1) / np.log(k) if k > 1 else np.zeros(len(p))
 
 
+def check_rule(rule: str) -> None:
+    """Validate a rejection rule's name and threshold without any data."""
+    accept_known(np.zeros((1, 2)), 1.0, rule)
+
+
 def accept_known(cos: np.ndarray, logit_scale: float, rule: str = DEFAULT_RULE) -> np.ndarray:
     """Boolean mask of samples accepted as known under a label-free rule."""
     ent = normalised_entropy(cos, logit_scale)

@@ -1,7 +1,10 @@
 """Grids of runs: expansion, a dry-run plan, claims that keep a run from executing twice, failure records,
 status, and launchers (local, local worker processes, SLURM through submitit).
 
-Every job is identified by the content hash of its resolved configuration (``records.run_name``). A job is
+Every job is identified by the id of its run plan (``plan.RunPlan.run_id``), computed once when the sweep is
+planned and stored in ``<results>/sweeps/<key>.json``; workers, SLURM array tasks and ``status`` use the stored
+ids and never recompute different ones. A worker that finds a job's code or data changed since planning (its
+plan would now hash differently) fails that job with the reason instead of running it under the old id. A job is
 
 - *done* when its run folder exists (written atomically by the runner);
 - *running* while some process holds its claim: an exclusive ``filelock`` lock on
@@ -31,8 +34,8 @@ from filelock import FileLock, Timeout
 
 from .errors import UeobenchError
 from .protocols import load_protocol
-from .records import atomic_write_text, canonical_json, failed_dir, record_failure, runs_dir
-from .runner import RunRequest, prepare, run
+from .plan import Planner, RunRequest
+from .records import atomic_write_text, canonical_json, failed_dir, record_failure
 
 STATES = ("done", "running", "failed", "pending")
 
@@ -128,8 +131,14 @@ def claims_dir(results: str | Path) -> Path:
     return Path(results) / "claims"
 
 
+def job_names(jobs: list[RunRequest], planner: Planner | None = None) -> list[str]:
+    """The run id of every job, planned with one shared planner (each image list is read once)."""
+    planner = planner or Planner()
+    return [planner.plan(j).run_id for j in jobs]
+
+
 def job_name(req: RunRequest) -> str:
-    return prepare(req)["name"]
+    return job_names([req])[0]
 
 
 def is_running(results: str | Path, name: str) -> bool:
@@ -146,7 +155,9 @@ def is_running(results: str | Path, name: str) -> bool:
 
 
 def state(results: str | Path, name: str) -> str:
-    if (runs_dir(results) / name / "record.json").is_file():
+    from .records import find_record
+
+    if find_record(results, name) is not None:  # a damaged record is reported and counts as not done
         return "done"
     if is_running(results, name):
         return "running"
@@ -155,32 +166,42 @@ def state(results: str | Path, name: str) -> str:
     return "pending"
 
 
-def execute(req: RunRequest, name: str | None = None, retry_failed: bool = False, force: bool = False) -> str:
-    """Claim and run one job; returns what happened: done, skipped, running-elsewhere, failed, failed-before."""
-    name = name or job_name(req)
+def execute(req: RunRequest, name: str | None = None, retry_failed: bool = False, force: bool = False,
+            planner: Planner | None = None) -> str:
+    """Claim and run one job under its planned id ``name``; returns what happened: done, skipped,
+    running-elsewhere, failed, failed-before."""
+    from .runner import execute_planned
+
+    planner = planner or Planner()
+    req = dataclasses.replace(req, force=force)
+    if name is not None and not force and state(req.results, name) == "done":
+        return "skipped"
+    try:
+        planned = planner.plan(req)
+    except Exception as e:  # noqa: BLE001 - it failed before starting (a plugin, the data): recorded, sweep goes on
+        if name is not None:
+            record_failure(req.results, name, e, asdict(req))
+        return "failed"
+    name = name or planned.run_id
     results = req.results
+    if planned.run_id != name:
+        err = UeobenchError(f"the method's code or the data changed since this sweep was planned (planned run "
+                            f"{name}, now {planned.run_id}); plan the sweep again with the same ueobench sweep command")
+        record_failure(results, name, err, asdict(req))
+        return "failed"
     if not force and state(results, name) == "done":
         return "skipped"
     if not retry_failed and not force and (failed_dir(results) / f"{name}.json").is_file():
         return "failed-before"
-    claims_dir(results).mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(claims_dir(results) / f"{name}.lock"), timeout=0)
     try:
-        lock.acquire()
+        execute_planned(planned, wait=False)  # records its own failures once the run has started
     except Timeout:
         return "running-elsewhere"
-    try:
-        if not force and (runs_dir(results) / name / "record.json").is_file():
-            return "skipped"  # finished by another worker between our check and our claim
-        try:
-            run(dataclasses.replace(req, force=force))  # records its own failures once the run has started
-        except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
-            if not (failed_dir(results) / f"{name}.json").is_file():  # it failed before starting (e.g. a plugin)
-                record_failure(results, name, e, asdict(req))
-            return "failed"
-        return "done"
-    finally:
-        lock.release()
+    except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
+        if not (failed_dir(results) / f"{name}.json").is_file():
+            record_failure(results, name, e, asdict(req))
+        return "failed"
+    return "done"
 
 
 # ----------------------------------------------------------------------------------------------- plans
@@ -219,8 +240,9 @@ def grid_status(results: str | Path, names: list[str]) -> dict[str, int]:
 def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, progress=None) -> dict[str, int]:
     outcome: dict[str, int] = {}
     task = progress.add_task("sweep", total=len(jobs)) if progress is not None else None
+    planner = Planner()
     for req, name in zip(jobs, names):
-        what = execute(req, name, retry_failed, force)
+        what = execute(req, name, retry_failed, force, planner)
         outcome[what] = outcome.get(what, 0) + 1
         if task is not None:
             progress.advance(task)

@@ -3,6 +3,11 @@
 A method supplies a ``TrainSpec`` (groups with learning rates, optimiser, schedule, epochs, batch size,
 augmentation) and a loss function of one batch; ``fit`` does the rest. Trainable parameters stay fp32; on CUDA
 the forward runs under autocast.
+
+A schedule is a function ``(step, total_steps) -> multiplier of every group's base lr``, stepped every
+iteration (``schedule_unit="iteration"``, as UEO's per-iteration cosine) or once per epoch (``"epoch"``, as
+Dassl's schedulers in UPL). Methods with a schedule of their own pass it (POUF, UPL); the trainer knows only the
+generic ones below.
 """
 from __future__ import annotations
 
@@ -15,8 +20,20 @@ import torch
 from .errors import UeobenchError
 from .faults import failpoint
 
-SCHEDULES = ("cosine", "pouf", "constant")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+Schedule = Callable[[int, int], float]
+
+
+def cosine(step: int, total: int) -> float:
+    """Cosine annealing to 0 over ``total`` steps (CosineAnnealingLR with T_max = total)."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def constant(step: int, total: int) -> float:
+    return 1.0
+
+
+SCHEDULES: dict[str, Schedule] = {"cosine": cosine, "constant": constant}
 
 
 @dataclass
@@ -29,10 +46,9 @@ class TrainSpec:
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "cosine"
+    schedule: str | Schedule = "cosine"  # a name in SCHEDULES, or the method's own (step, total) -> factor
+    schedule_unit: str = "iteration"  # "iteration" or "epoch": when the schedule steps
     iters_per_epoch: int | None = None  # None: one pass over the data; else cycle through it
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-5
     eval_every: int = 0  # 0: only the final evaluation (done by the runner)
     indices: Sequence[int] | None = None  # train on a subset of the adaptation data
     drop_last: bool = False
@@ -53,17 +69,12 @@ def make_optimizer(spec: TrainSpec) -> torch.optim.Optimizer:
     raise UeobenchError(f"unknown optimizer '{spec.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
 
 
-def lr_factor(spec: TrainSpec, it: int, total: int, warmup_iters: int, base_lr: float) -> float:
-    """Multiplier of a group's base learning rate at iteration ``it`` (stepped every iteration)."""
-    if it < warmup_iters:
-        return spec.warmup_lr / base_lr
-    if spec.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * it / total))
-    if spec.schedule == "pouf":
-        return (1.0 + 0.0002 * it) ** -0.75
-    if spec.schedule == "constant":
-        return 1.0
-    raise UeobenchError(f"unknown schedule '{spec.schedule}'; use one of {', '.join(SCHEDULES)}")
+def schedule_of(spec: TrainSpec) -> Schedule:
+    if callable(spec.schedule):
+        return spec.schedule
+    if spec.schedule not in SCHEDULES:
+        raise UeobenchError(f"unknown schedule '{spec.schedule}'; use one of {', '.join(SCHEDULES)}")
+    return SCHEDULES[spec.schedule]
 
 
 def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -75,13 +86,14 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
     per_epoch = spec.iters_per_epoch or len(loader)
     if per_epoch == 0:
         raise UeobenchError(f"no training batches: {len(loader.dataset)} images at batch size {spec.batch_size}")
+    if spec.schedule_unit not in ("iteration", "epoch"):
+        raise UeobenchError(f"unknown schedule unit '{spec.schedule_unit}'; use iteration or epoch")
+    per_step = spec.schedule_unit == "iteration"
     total = spec.epochs * per_epoch
     opt = make_optimizer(spec)
-    base = [g["lr"] for g in opt.param_groups]
-    warmup = spec.warmup_epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, [lambda it, b=b: lr_factor(spec, it, total, warmup, b) for b in base]
-    )
+    factor = schedule_of(spec)
+    steps = total if per_step else spec.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step, steps))
     dtype = getattr(context, "amp_dtype", None)
     amp = dtype is not None
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -111,13 +123,16 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            sched.step()
+            if per_step:
+                sched.step()
             losses.append(loss.item())
             it += 1
             if it == 2:
                 failpoint("training")
             if task is not None:
                 progress.advance(task)
+        if not per_step:
+            sched.step()
         entry: dict[str, Any] = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lrs}
         if spec.eval_every and epoch % spec.eval_every == 0 and epoch < spec.epochs and context.evaluate is not None:
             entry["metrics"] = context.evaluate()

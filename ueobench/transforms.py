@@ -10,16 +10,28 @@ def _interp(name: str) -> T.InterpolationMode:
     )
 
 
-def random_resized_crop(backbone, scale: tuple[float, float] = (0.5, 1.0), resize_first: bool = False) -> T.Compose:
-    """RandomResizedCrop + horizontal flip + CLIP normalisation (UEO: scale 0.5-1; POUF: Resize 256 first, 0.08-1)."""
+def _to_tensor(backbone) -> list:
+    return [T.Lambda(lambda im: im.convert("RGB")), T.ToTensor(), T.Normalize(backbone.mean, backbone.std)]
+
+
+def random_resized_crop(backbone, scale: tuple[float, float] = (0.5, 1.0)) -> T.Compose:
+    """RandomResizedCrop (the backbone's interpolation, bicubic for CLIP) + horizontal flip + CLIP normalisation
+    (UEO: scale 0.5-1; UPL: 0.08-1)."""
     size = backbone.image_size
     interp = _interp(backbone.info.get("interpolation", "bicubic"))
-    steps = [T.Resize(round(size * 256 / 224), interpolation=interp)] if resize_first else []
-    steps += [
-        T.RandomResizedCrop(size, scale=scale, interpolation=interp),
+    return T.Compose([T.RandomResizedCrop(size, scale=scale, interpolation=interp), T.RandomHorizontalFlip(),
+                      *_to_tensor(backbone)])
+
+
+def square_resize_then_crop(backbone, scale: tuple[float, float] = (0.08, 1.0)) -> T.Compose:
+    """POUF's training view, as tllib builds it: ``ResizeImage(256)`` resizes to a 256 x 256 **square** (aspect
+    not kept, PIL bicubic), then RandomResizedCrop(224) with torchvision's default **bilinear** interpolation, then
+    a flip. Sizes scale with the backbone's input (256/224 of it)."""
+    size = backbone.image_size
+    square = round(size * 256 / 224)
+    return T.Compose([
+        T.Resize((square, square), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BILINEAR),
         T.RandomHorizontalFlip(),
-        T.Lambda(lambda im: im.convert("RGB")),
-        T.ToTensor(),
-        T.Normalize(backbone.mean, backbone.std),
-    ]
-    return T.Compose(steps)
+        *_to_tensor(backbone),
+    ])

@@ -1,0 +1,261 @@
+"""The stored record is the source of truth: a run's id depends on what it computes, never on the machine that
+planned it; the method's code and the images are in it; labels come from records; the runner decides when
+cached image features may be used."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, make_toy_tree, toy_protocol, write_image
+from ueobench import sweep as sw
+from ueobench.plan import Planner, RunRequest
+
+PLUGIN = '''
+from dataclasses import dataclass
+import torch
+from ueobench import Method, Options, register_method
+from ueobench.clip_ops import encode_images, encode_texts, prompt_texts
+
+BIAS = {bias}
+
+
+@register_method("biased")
+class Biased(Method):
+    """Zero-shot with a bias towards class 0 (the bias is the 'code' a user edits)."""
+
+    @dataclass
+    class Options(Options):
+        tag: int = 0
+
+    def setup(self, backbone, class_names, context):
+        super().setup(backbone, class_names, context)
+        self.text = encode_texts(backbone, prompt_texts(context.prompt, class_names))
+
+    def predict_features(self, features):
+        out = features @ self.text.T
+        out[:, 0] += BIAS
+        return out
+
+    @torch.no_grad()
+    def predict(self, images):
+        return self.predict_features(encode_images(self.backbone, images))
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path):
+    d = tmp_path / "plugins"
+    d.mkdir()
+    (d / "biased.py").write_text(PLUGIN.format(bias=0.0))
+    return d
+
+
+def run_args(plugins, *extra):
+    return ("--plugins", str(plugins), "run", "--method", "biased", "--protocol", "opda", "--domain", "clipart",
+            "--backbone", TINY, *extra)
+
+
+def test_plan_is_the_same_with_and_without_cuda_and_a_sweep_resumes_as_done(cli, monkeypatch):
+    jobs = sw.expand(sw.SweepSpec(methods=["zeroshot"], protocols=["opda", "oda"], domains=["clipart"],
+                                  datasets=["shapes"], seeds=[0], backbones=[TINY], device="cuda"))
+    without = sw.job_names(jobs)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node sees CUDA
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    with_cuda = sw.job_names(jobs)
+    assert with_cuda == without
+    plans = [Planner().plan(j).plan for j in jobs]
+    assert all(p.precision == "auto" for p in plans)  # "auto" stays "auto": resolved only when executing
+    monkeypatch.undo()
+    # planning with --device cuda works on a machine without CUDA (a login node) ...
+    r = cli("sweep", "--method", "zeroshot", "--protocol", "opda,oda", "--domain", "clipart", "--backbone", TINY,
+            "--device", "cuda", "--dry-run")
+    assert r.exit_code == 0, r.output
+    # ... and the runs executed here (on the CPU) are the ones a CUDA-visible status looks for
+    assert cli("sweep", "--method", "zeroshot", "--protocol", "opda,oda", "--domain", "clipart", "--backbone", TINY,
+               "--device", "cpu").exit_code == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = cli("status", "--method", "zeroshot", "--protocol", "opda,oda", "--domain", "clipart", "--backbone", TINY).output
+    assert "2 done" in out and "0 pending" in out
+
+
+def test_editing_a_plugin_reruns_it_and_tables_never_mix_old_and_new_code(cli, plugin_dir):
+    first = cli(*run_args(plugin_dir))
+    assert first.exit_code == 0 and ": done" in first.output
+    assert "already done" in cli(*run_args(plugin_dir)).output
+    (plugin_dir / "biased.py").write_text(PLUGIN.format(bias=5.0))  # an edited objective
+    import importlib
+    import sys as _sys
+
+    _sys.modules.pop("ueobench_plugins.biased", None)
+    from ueobench import method as method_mod
+
+    method_mod.METHODS._items.pop("biased", None)
+    method_mod._load_folder(plugin_dir)
+    second = cli(*run_args(plugin_dir))
+    assert second.exit_code == 0 and ": done" in second.output and "already done" not in second.output
+    runs = sorted(p.name for p in Path("results/runs").iterdir())
+    assert len(runs) == 2  # the old record stays on disk under its own id
+    recs = [json.loads((Path("results/runs") / r / "record.json").read_text()) for r in runs]
+    assert len({r["method"]["code"]["fingerprint"] for r in recs}) == 2
+    table = cli("table", "--protocol", "opda").output
+    assert "1 run made by other code left out" in table
+    assert table.count("| biased") == 1
+    every = cli("table", "--protocol", "opda", "--code", "all").output
+    assert every.count("| biased") == 2 and "[code " in every
+    del importlib
+
+
+def test_table_without_plugins_keeps_configurations_apart(cli, plugin_dir):
+    assert cli(*run_args(plugin_dir)).exit_code == 0
+    assert cli(*run_args(plugin_dir, "--set", "tag=1")).exit_code == 0
+    env = {**os.environ, "UEOBENCH_NO_PROGRESS": "1"}
+    out = subprocess.run([sys.executable, "-m", "ueobench.cli", "table", "--protocol", "opda"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| biased |" in out.stdout and "| biased (tag=1) |" in out.stdout  # labels from the records
+
+
+TUNES_IMAGE_TOWER = '''
+from ueobench import register_method
+from ueobench.prompt_tuning import PromptTuningMethod
+from ueobench.losses import entropy_loss
+import torch
+
+
+@register_method("towerent")
+class TowerEntropy(PromptTuningMethod):
+    """Overrides step_loss entirely (no flag of the base class is set) and tunes the visual norm affines."""
+
+    def step_loss(self, images, idx):
+        cos = self.cosine(images).float()
+        return entropy_loss(torch.softmax(100 * cos, 1)) + 10 * cos.mean()
+'''
+
+
+def test_runner_never_evaluates_a_tuned_image_tower_on_cached_features(cli, tmp_path):
+    d = tmp_path / "plugins"
+    d.mkdir()
+    (d / "towerent.py").write_text(TUNES_IMAGE_TOWER)
+    r = cli("--plugins", str(d), "run", "--method", "towerent", "--protocol", "opda", "--domain", "clipart",
+            "--backbone", TINY, "--set", "epochs=1", "--set", "eval_every=1", "--set", "lr_norm=0.5", "--json")
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.output)
+    paths = rec["evaluation"]["predictions"]
+    assert paths["test"].startswith("pass over the images") and paths["target"].startswith("pass over the images")
+    from ueobench.records import load_predictions
+
+    preds = load_predictions(Path("results/runs") / rec["run_id"])
+    epoch0 = rec["history"][0]["metrics"]["test"]  # before any step: the cache is still valid
+    assert rec["feature_cache"]["images_encoded"] > 0 and epoch0["acc"] is not None
+    assert preds["test_logits"].shape == (320, 10)
+    # prompt-only tuning keeps using the shared features
+    r2 = cli("--plugins", str(d), "run", "--method", "towerent", "--protocol", "opda", "--domain", "clipart",
+             "--backbone", TINY, "--set", "epochs=1", "--set", "eval_every=0", "--set", "tune=prompt", "--json")
+    assert json.loads(r2.output)["evaluation"]["predictions"]["test"] == "cached image features"
+
+
+def test_data_fingerprint_covers_the_images_and_resolves_paths(tmp_path, monkeypatch):
+    proto = toy_protocol(tmp_path)
+    for root in ("a", "b"):
+        make_toy_tree(tmp_path / root / "toy", "Art")
+    for f in sorted((tmp_path / "b" / "toy" / "Art").rglob("*.png")):  # same names, other images
+        write_image(f, seed=999, size=20)
+    def run_id(root: str, **kw) -> str:
+        req = RunRequest(method="zeroshot", protocol="opda", domain="Art", dataset=str(proto), backbone=TINY,
+                         data_root=str(tmp_path / root), **kw)
+        return Planner().plan(req).run_id
+
+    assert run_id("a") != run_id("b")
+    # a list whose paths spell the same files differently is the same data
+    lines = [f"Art/{c}/{i:03d}.png {k}" for k, c in enumerate(["Alarm_Clock", "Back_Pack", "Bike", "CUP", "Desk_Lamp", "eraser"])
+             for i in range(3)]
+    listed = tmp_path / "a" / "toy" / "Art_list.txt"
+    listed.write_text("\n".join(lines) + "\n")
+    plain = run_id("a")
+    listed.write_text("\n".join(f"Art/../{ln}" for ln in lines) + "\n")
+    assert run_id("a") == plain
+    # touching one image changes the data
+    img = tmp_path / "a" / "toy" / "Art" / "Bike" / "000.png"
+    os.utime(img, ns=(1, 1))
+    assert run_id("a") != plain
+
+
+def test_planning_reads_each_domain_once_and_fingerprints_each_method_once(monkeypatch):
+    from ueobench import data as data_mod
+    from ueobench import fingerprints
+
+    calls = {"load": 0, "code": 0}
+    load, code = data_mod.load_domain, fingerprints.method_code
+
+    def counting_load(*a, **k):
+        calls["load"] += 1
+        return load(*a, **k)
+
+    def counting_code(*a, **k):
+        calls["code"] += 1
+        return code(*a, **k)
+
+    monkeypatch.setattr(data_mod, "load_domain", counting_load)
+    monkeypatch.setattr(fingerprints, "method_code", counting_code)
+    jobs = sw.expand(sw.SweepSpec(methods=["zeroshot", "ent"], protocols=["cda", "pda", "oda", "opda", "csda"],
+                                  domains=["clipart", "real"], datasets=["shapes"], seeds=[0, 1, 2], backbones=[TINY]))
+    names = sw.job_names(jobs)
+    assert len(set(names)) == len(jobs) == 60
+    assert calls == {"load": 2, "code": 2}
+
+
+def test_misspelt_dataset_default_is_an_error_at_registration():
+    from dataclasses import dataclass
+
+    from ueobench import Method, register_method
+    from ueobench import Options as BaseOptions
+    from ueobench.errors import UeobenchError
+
+    class Typo(Method):
+        @dataclass
+        class Options(BaseOptions):
+            epochs: int = 1
+
+        dataset_defaults = {"domainnet": {"epoch": 5}}
+
+    with pytest.raises(UeobenchError, match="unknown option.*epoch"):
+        register_method("typo-method")(Typo)
+
+
+@pytest.mark.parametrize("name", ["ent", "im", "ueo", "tent", "pouf", "upl", "tpt"])
+def test_reset_restores_every_declared_parameter(name):
+    from ueobench import runner
+
+    opts = {"upl": {"ensemble": "2"}}.get(name, {})
+    s = runner.start(runner.plan_run(RunRequest(method=name, protocol="opda", domain="clipart", backbone=TINY,
+                                                options=opts)))
+    params = [p for ps in s.method.trainable_parameters().values() for p in ps]
+    before = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    s.method.reset()
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_records_of_the_previous_schema_are_read_and_left_out_by_default(cli):
+    assert cli("run", "--method", "zeroshot", "--protocol", "opda", "--domain", "clipart", "--backbone", TINY).exit_code == 0
+    [run] = list(Path("results/runs").iterdir())
+    old = run.parent / "zeroshot_shapes_opda_clipart_s0-000000000000"
+    shutil.copytree(run, old)
+    rec = json.loads((old / "record.json").read_text())
+    rec["schema"] = 1
+    rec["run_id"] = old.name
+    del rec["method"]["label"], rec["method"]["code"]
+    (old / "record.json").write_text(json.dumps(rec))
+    out = cli("table", "--protocol", "opda").output
+    assert "1 run made by other code left out" in out and "| zeroshot |" in out
+    every = cli("table", "--protocol", "opda", "--code", "all").output
+    assert "zeroshot [v1 " in every
