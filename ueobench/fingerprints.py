@@ -138,11 +138,16 @@ def _entry_lines(entries: Iterable[Any], base: str | None, content: bool) -> Ite
     for e in entries:
         ref = e.ref
         if isinstance(ref, str) and os.path.isabs(ref):
-            real = os.path.realpath(ref)
-            rel = os.path.relpath(real, base) if base else real
+            # readers give real paths under the real root (lists resolve '..' and symlinks), so a prefix strip
+            # is the relative path; anything else falls back to a full resolution
+            if base and ref.startswith(base + os.sep):
+                rel = ref[len(base) + 1:]
+            else:
+                ref = os.path.realpath(ref)
+                rel = os.path.relpath(ref, base) if base else ref
             try:
-                st = os.stat(real)
-                stamp = file_sha256(real) if content else f"{st.st_size}:{st.st_mtime_ns}"
+                st = os.stat(ref)
+                stamp = file_sha256(ref) if content else f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 stamp = "missing"
             yield f"{rel}\t{e.label}\t{stamp}\n"

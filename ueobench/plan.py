@@ -124,6 +124,7 @@ class Planner:
         self._domains: dict[tuple[str, str, str | None], tuple[Any, str]] = {}
         self._code: dict[type, dict[str, Any]] = {}
         self._activation: dict[str, str] = {}
+        self._shifts: dict[tuple, Any] = {}
 
     def domain(self, proto: Any, domain: str, data_root: str | None) -> tuple[Any, str]:
         from . import data as data_mod
@@ -174,7 +175,10 @@ class Planner:
         dom = proto.domain(req.domain)
         spec = parse_spec(req.backbone or proto.default_backbone)
         domain_data, data_checksum = self.domain(proto, dom.name, req.data_root)
-        shift_data = data_mod.apply_shift(proto, req.protocol, domain_data)
+        shift_key = (proto.name, dom.name, req.data_root, req.protocol)
+        if shift_key not in self._shifts:
+            self._shifts[shift_key] = data_mod.apply_shift(proto, req.protocol, domain_data)
+        shift_data = self._shifts[shift_key]
         code = self.code(method_cls)
         resolved = options_dict(options)
         defaults = options_dict(build_options(method_cls, {}, proto.name))
