@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ueobench import __version__
-from ueobench.leaderboard import build_table, read_reference, render
+from ueobench.leaderboard import Cell, build_table, read_reference, render
 from ueobench.metrics import evaluate
 from ueobench.records import write_run
 
@@ -144,7 +144,7 @@ def test_glob_filters_and_clear_errors(results):
     assert t.rows == ["ueo", "ueo (oracle)"]
     with pytest.raises(Exception, match="no records match method 'nope'"):
         build_table(results, ["acc"], filters={"method": "nope"})
-    with pytest.raises(Exception, match="records differ in shift"):
+    with pytest.raises(Exception, match="select one with --protocol"):
         build_table(results, ["acc"], rows="domain", cols="method")  # protocols are never averaged silently
 
 
@@ -229,3 +229,162 @@ def test_training_curves_plot(cli, tmp_path):
     r = cli("plot", "curves", "--run", "ueo_shapes_oda_real", "--output", str(out))
     assert r.exit_code == 0, r.output
     assert out.stat().st_size > 5000
+
+
+# ------------------------------------------------------------------------------------ tables that just work
+
+
+def mixed_results(tmp_path) -> Path:
+    """Two shifts with different domains, two backbones, two datasets' worth of records."""
+    res = tmp_path / "mixed"
+    for method, q in (("zeroshot", 1.0), ("ueo", 2.0)):
+        for domain in ("clipart", "sketch"):
+            fake_run(res, method, "opda", domain, 0, q)
+        fake_run(res, method, "cda", "clipart", 0, q)  # cda has one domain only
+    for name in ("zeroshot-opda-clipart-0",):  # the same run on another backbone
+        rec = json.loads((res / "runs" / name / "record.json").read_text())
+        rec["config"]["backbone"] = "ViT-B-16:openai"
+        rec["run_id"] = name + "-vit"
+        (res / "runs" / rec["run_id"]).mkdir()
+        (res / "runs" / rec["run_id"] / "record.json").write_text(json.dumps(rec))
+    return res
+
+
+def test_bare_table_renders_a_mixed_folder_as_groups(cli, tmp_path):
+    res = mixed_results(tmp_path)
+    r = cli("table", "--results", str(res))
+    assert r.exit_code == 0, r.output
+    assert r.output.count("| method |") == 3  # (cda, tiny) (opda, tiny) (opda, ViT-B-16)
+    assert "protocol cda" in r.output and "backbone ViT-B-16:openai" in r.output
+    cols = cli("table", "--results", str(res), "--cols", "protocol", "--backbone", "tiny*")
+    ueo = next(line for line in cols.output.splitlines() if line.startswith("| ueo"))
+    assert "–" not in ueo  # cda's single domain does not void it: completeness is judged per column
+    for fmt in ("markdown", "md", "latex", "csv", "json", "html"):
+        assert cli("table", "--results", str(res), "--format", fmt).exit_code == 0
+    doc = json.loads(cli("table", "--results", str(res), "--format", "json").output)
+    assert len(doc["tables"]) == 3
+    for kind in ("scatter", "bars"):  # figures of a mixed folder: a panel per group, never "no open-set runs"
+        assert cli("plot", kind, "--results", str(res), "--output", str(tmp_path / f"{kind}.png")).exit_code == 0
+
+
+def test_errors_name_only_options_that_exist(cli, tmp_path):
+    from ueobench.cli import table as table_cmd
+
+    res = mixed_results(tmp_path)
+    options = {o for p in table_cmd.params for o in p.opts}
+    messages = []
+    for args in (["--rows", "protocol", "--cols", "protocol"], ["--method", "nope"], ["--metric", "acx"],
+                 ["--rows", "protocl"]):
+        r = cli("table", "--results", str(res), *args)
+        assert r.exit_code != 0
+        messages.append(r.output)
+    from ueobench.leaderboard import build_table as single
+
+    with pytest.raises(Exception) as e:
+        single(res, ["acc"])
+    messages.append(str(e.value))
+    for text in messages:
+        for opt in re.findall(r"--[a-z][a-z-]*", text):
+            assert opt in options, (opt, text)
+
+
+def test_ranking_follows_the_method_axis_and_displayed_values(tmp_path):
+    res = mixed_results(tmp_path)
+    t = build_table(res, ["acc"], rows="domain", cols="method", filters={"shift": "opda", "backbone": "tiny*"})
+    assert "avg" not in t.cols  # an average over methods means nothing
+    assert all(t.cells[(d, m, "acc")].rank in (1, 2, None) for d in t.rows for m in t.cols)
+    ranks = {m: t.cells[("clipart", m, "acc")].rank for m in t.cols}
+    assert sorted(r for r in ranks.values() if r) == [1, 2]  # methods compete within a domain
+    cells = [Cell(76.64, None, 1), Cell(76.56, None, 1), Cell(70.0, None, 1)]
+    from ueobench.leaderboard import _rank
+
+    grid = {(f"m{i}", "c", "acc"): c for i, c in enumerate(cells)}
+    _rank(grid, ["m0", "m1", "m2"], ["c"], ["acc"], set(), along="rows")
+    assert grid[("m0", "c", "acc")].rank == grid[("m1", "c", "acc")].rank == 1  # both show 76.6: a tie
+    assert grid[("m2", "c", "acc")].rank == 2
+
+
+def test_standard_error_over_seeds(results):
+    std = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"})
+    se = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"}, error="se")
+    a, b = std.cells[("zeroshot", "clipart", "acc")], se.cells[("zeroshot", "clipart", "acc")]
+    assert b.std == pytest.approx(a.std / np.sqrt(2))
+    assert "standard error" in render(se, "md") and "± std" in render(std, "md")
+
+
+def test_new_metrics_against_sklearn_and_hand_values():
+    from sklearn.metrics import average_precision_score
+
+    from ueobench.metrics import METRICS, expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    cos = rng.normal(0.2, 0.05, (200, 5))
+    labels = rng.integers(0, 7, 200)
+    m = evaluate(cos, labels, 5, logit_scale=100.0)
+    known = labels < 5
+    from ueobench.scores import compute_score
+
+    s = compute_score("mcm", cos, 100.0)
+    assert m["aupr_in"] == pytest.approx(average_precision_score(known, s))
+    assert m["aupr_out"] == pytest.approx(average_precision_score(~known, -s))
+    assert {"os_star", "unknown_recall", "aupr_in", "aupr_out", "ece"} <= set(METRICS)
+    # ECE by hand: two bins used; |acc - conf| weighted by bin size
+    conf = np.array([0.95, 0.95, 0.55, 0.55])
+    correct = np.array([1, 0, 1, 1], dtype=bool)
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.5 * abs(0.5 - 0.95) + 0.5 * abs(1 - 0.55))
+
+
+def test_every_format_escapes_every_name(tmp_path):
+    res = tmp_path / "hostile"
+    evil = "a|b\n\\input{x}<script>=HYPERLINK(1)"
+    fake_run(res, evil, "opda", "clipart", 0, 1.0)
+    fake_run(res, "=cmd|calc", "opda", "clipart", 0, 2.0)
+    t = build_table(res, ["acc"], filters={"shift": "opda"}, reference=None)
+    md = render(t, "md")
+    assert all(line.count(" | ") <= 2 for line in md.splitlines() if line.startswith("|"))  # columns intact
+    assert "<script>" not in md and "\n\\input" not in md
+    tex = render(t, "latex")
+    assert all(not line.startswith("\\input") for line in tex.splitlines())
+    assert "\\textbackslash{}input" in tex
+    csv_text = render(t, "csv")
+    assert "\n=cmd" not in csv_text and "'=cmd|calc" in csv_text
+
+
+def _figure_of(monkeypatch, fn, *args, **kw):
+    from ueobench import plots
+
+    figs = []
+    original = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: (figs.append(fig), original(fig, out))[1])
+    fn(*args, **kw)
+    return figs[0]
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("kind", ["scatter", "bars"])
+def test_figures_have_no_overlapping_text_and_stable_colours(monkeypatch, results, tmp_path, kind):
+    from ueobench import plots
+
+    args = (tmp_path / f"{kind}.pdf",)
+    fig = (_figure_of(monkeypatch, plots.scatter, *args, results=str(results)) if kind == "scatter" else
+           _figure_of(monkeypatch, plots.bars, *args, metric="acc", results=str(results)))
+    assert (tmp_path / f"{kind}.pdf").read_bytes().startswith(b"%PDF")
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    legend = fig.legends[0].get_window_extent(renderer)
+    titles = [ax.title.get_window_extent(renderer) for ax in axes]
+    for ax in axes:
+        assert not _overlap(legend, ax.get_window_extent(renderer))  # the legend covers no data
+        ticks = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+        assert not any(_overlap(a, b) for i, a in enumerate(ticks) for b in ticks[i + 1:])
+        lo, hi = ax.get_ylim()
+        assert lo > 0  # zoomed to the data, not from 0
+    assert not any(_overlap(a, b) for i, a in enumerate(titles) for b in titles[i + 1:])
+    assert fig.get_size_inches()[0] <= 7.2  # fits a two-column paper's full width
+    styles = plots.method_styles(results)
+    for text, handle in zip(fig.legends[0].get_texts(), fig.legends[0].legend_handles):
+        colour = handle.get_facecolor() if kind == "bars" else handle.get_color()
+        assert np.allclose(np.asarray(colour).ravel()[:3], np.asarray(styles[text.get_text()][0]).ravel()[:3])

@@ -12,7 +12,7 @@ from .plan import RunRequest
 from .runner import RunResult
 from .runner import run as _run
 from .scores import SCORES
-from .leaderboard import build_table, render
+from .leaderboard import build_tables, render_many
 
 __all__ = [
     "run", "table", "show_protocol", "check_data", "describe_methods", "list_methods", "list_backbones",
@@ -29,13 +29,14 @@ def table(results: str = "results", metric: str | list[str] = "acc", rows: str =
           split: str = "test", method: str | None = None, dataset: str | None = None, protocol: str | None = None,
           domain: str | None = None, backbone: str | None = None, seeds: int | None = None, score: str | None = None,
           rule: str | None = None, average: bool = True, rank_oracle: bool = False, reference: str | None = None,
-          fmt: str = "md", code: str = "current") -> str:
-    """``ueobench table``: a leaderboard as markdown, LaTeX, CSV, JSON or HTML."""
+          fmt: str = "md", code: str = "current", error: str = "std") -> str:
+    """``ueobench table``: leaderboards as markdown, LaTeX, CSV, JSON or HTML; one table per group of records
+    that differ in an axis that is neither shown nor averaged (dataset, protocol, backbone)."""
     metrics = metric.split(",") if isinstance(metric, str) else list(metric)
     filters = {"method": method, "dataset": dataset, "shift": protocol, "domain": domain, "backbone": backbone}
-    t = build_table(results, [m.strip() for m in metrics], rows, cols, split, filters, seeds, score, rule, average,
-                    rank_oracle, reference, code)
-    return render(t, fmt)
+    tables = build_tables(results, [m.strip() for m in metrics], rows, cols, split, filters, seeds, score, rule,
+                          average, rank_oracle, reference, code, error)
+    return render_many(tables, fmt)
 
 
 def plugin_folders() -> list:

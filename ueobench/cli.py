@@ -9,7 +9,7 @@ import click
 
 from . import api
 from .errors import UeobenchError
-from .metrics import METRICS
+from .metrics import CORE_METRICS, METRICS
 from .protocols import SHIFTS
 from .scores import DEFAULT_RULE, RULES_DOC
 
@@ -97,7 +97,7 @@ def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: 
     click.echo(f"record: {res.path}")
     for split in ("test", "target"):
         m = rec.metrics.get(split, {})
-        parts = "  ".join(f"{k} {_fmt(m.get(k))}" for k in METRICS)
+        parts = "  ".join(f"{k} {_fmt(m.get(k))}" for k in CORE_METRICS)
         click.echo(f"  {split:<6} {parts}   (n={int(m.get('n') or 0)}, unknown={int(m.get('n_unknown') or 0)})")
 
 
@@ -122,21 +122,26 @@ def _filters(f):
 @click.option("--no-average", is_flag=True, help="Leave out the average column.")
 @click.option("--rank-oracle", is_flag=True, help="Rank oracle runs (target labels) together with label-free ones.")
 @click.option("--reference", default=None, type=click.Path(dir_okay=False), help="CSV of reported numbers to show beside ours.")
-@click.option("--format", "fmt", default="md", show_default=True, type=click.Choice(["md", "latex", "csv", "json", "html"]))
+@click.option("--format", "fmt", default="markdown", show_default=True,
+              type=click.Choice(["markdown", "md", "latex", "csv", "json", "html"]), help="md is short for markdown.")
+@click.option("--error", default="std", show_default=True, type=click.Choice(["std", "se"]),
+              help="Spread over seeds: standard deviation, or standard error (DomainBed's).")
 @click.option("--output", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--code", default="current", show_default=True, type=click.Choice(["current", "all"]),
               help="current: only runs made by the installed code of each method; all: older code too, in rows of their own.")
 def table(results: str, metrics: str, rows: str, cols: str, split: str, method, dataset, protocol, domain, backbone,
           seeds: int | None, score: str | None, rule: str | None, no_average: bool, rank_oracle: bool,
-          reference: str | None, fmt: str, output: str | None, code: str) -> None:
+          reference: str | None, fmt: str, error: str, output: str | None, code: str) -> None:
     """Render a leaderboard from the stored runs."""
     text = api.table(results=results, metric=metrics, rows=rows, cols=cols, split=split, method=method,
                      dataset=dataset, protocol=protocol, domain=domain, backbone=backbone, seeds=seeds, score=score,
                      rule=rule, average=not no_average, rank_oracle=rank_oracle, reference=reference, fmt=fmt,
-                     code=code)
+                     code=code, error=error)
     if output:
         from pathlib import Path
 
+        if not Path(output).parent.is_dir():
+            raise UeobenchError(f"folder {Path(output).parent} does not exist; create it or pass another --output")
         Path(output).write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     else:
@@ -145,7 +150,7 @@ def table(results: str, metrics: str, rows: str, cols: str, split: str, method, 
 
 @cli.command()
 @click.argument("kind", type=click.Choice(["scatter", "bars", "curves"]))
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="A .png or .svg file.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="A .pdf, .png or .svg file.")
 @click.option("--results", default="results", show_default=True)
 @click.option("--metric", default="acc", show_default=True, type=click.Choice(METRICS), help="For bars.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target"]))

@@ -21,14 +21,13 @@ import numpy as np
 import pandas as pd
 
 from .errors import UeobenchError
-from .metrics import METRICS, evaluate
+from .metrics import LOWER_IS_BETTER, METRICS, evaluate
 from .records import iter_records, load_predictions
 from .registry import suggest
 
 AXES = ("method", "dataset", "shift", "domain", "backbone")
 AXIS_ALIASES = {"protocol": "shift"}
-LOWER_IS_BETTER = {"fpr95"}
-FORMATS = ("md", "latex", "csv", "json", "html")
+FORMATS = ("md", "markdown", "latex", "csv", "json", "html")
 ORACLE_SUFFIX = " (oracle)"
 
 
@@ -131,7 +130,7 @@ def _filter(df: pd.DataFrame, filters: dict[str, str | None]) -> pd.DataFrame:
     return df
 
 
-def build_table(
+def build_tables(
     results: str | Path = "results",
     metrics: list[str] | None = None,
     rows: str = "method",
@@ -145,11 +144,17 @@ def build_table(
     rank_oracle: bool = False,
     reference: str | Path | None = None,
     code: str = "current",
-) -> Table:
+    error: str = "std",
+) -> list[Table]:
+    """One table per group of records that differ in an axis that is neither shown nor averaged (dataset,
+    protocol, backbone, and method when it is not an axis): a results folder holding several datasets, shifts
+    and backbones renders as several tables, never an error. Domains that are not shown are averaged."""
     metrics = metrics or ["acc"]
     for m in metrics:
         if m not in METRICS:
             raise UeobenchError(f"unknown metric '{m}'{suggest(m, list(METRICS))}")
+    if error not in ERRORS:
+        raise UeobenchError(f"unknown --error '{error}'; use std or se")
     rows, cols = _axis(rows), _axis(cols)
     if rows == cols:
         raise UeobenchError("--rows and --cols must differ")
@@ -164,26 +169,58 @@ def build_table(
         raise UeobenchError(f"no records for split '{split}'")
     df = df.assign(method=df["method"].where(~df["oracle"], df["method"] + ORACLE_SUFFIX))
     hidden = [a for a in AXES if a not in (rows, cols)]
+    group_axes = [a for a in hidden if a != "domain" and df[a].nunique() > 1]
+    tables = []
+    groups = df.groupby(group_axes, sort=True) if group_axes else [((), df)]
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        t = _one_table(part, metrics, rows, cols, hidden, seeds, score, rule, average, rank_oracle, error)
+        t.meta["group"] = {AXIS_ALIASES_OUT.get(a, a): str(v) for a, v in zip(group_axes, key)}
+        t.meta["other_code_left_out"] = left_out
+        if reference:
+            attach_reference(t, part, reference)
+        tables.append(t)
+    return tables
+
+
+def build_table(results: str | Path = "results", metrics: list[str] | None = None, rows: str = "method",
+                cols: str = "domain", split: str = "test", filters: dict[str, str | None] | None = None,
+                seeds: int | None = None, score: str | None = None, rule: str | None = None, average: bool = True,
+                rank_oracle: bool = False, reference: str | Path | None = None, code: str = "current",
+                error: str = "std") -> Table:
+    """The single table of a selection of records; an error naming the options that split it otherwise."""
+    tables = build_tables(results, metrics, rows, cols, split, filters, seeds, score, rule, average, rank_oracle,
+                          reference, code, error)
+    if len(tables) > 1:
+        axes = sorted(tables[0].meta["group"])
+        raise UeobenchError(f"the records form {len(tables)} tables (they differ in {', '.join(axes)}); "
+                            f"select one with " + ", ".join(f"--{a}" for a in axes))
+    return tables[0]
+
+
+def _one_table(df: pd.DataFrame, metrics: list[str], rows: str, cols: str, hidden: list[str], seeds: int | None,
+               score: str | None, rule: str | None, average: bool, rank_oracle: bool, error: str) -> Table:
     averaged = [a for a in hidden if df[a].nunique() > 1]
-    bad = [a for a in averaged if a != "domain"]  # only domains are averaged implicitly
-    if bad:
-        vals = {a: sorted(df[a].astype(str).unique()) for a in bad}
-        raise UeobenchError("records differ in " + "; ".join(f"{a} ({', '.join(v)})" for a, v in vals.items())
-                            + "; filter them, e.g. --" + AXIS_ALIASES.get(bad[0], bad[0]) + f" '{vals[bad[0]][0]}'")
-    # one value per seed: the mean over the averaged axes; then mean, std and count over seeds
+    # one value per seed: the mean over the averaged axes; then mean, spread and count over seeds. A cell is
+    # complete when it has every averaged combination its column has (judged within the column, so a shift or
+    # dataset with fewer domains never voids another's cells)
     per_seed = df.groupby([rows, cols, "seed"], dropna=False)[metrics].mean()
-    per_seed_counts = df.groupby([rows, cols, "seed"]).size()
-    full = int(np.prod([df[a].nunique() for a in averaged])) if averaged else 1
+    combos = df.groupby([rows, cols, "seed"])[averaged].apply(lambda g: set(map(tuple, g.to_numpy()))) if averaged else None
+    expected = df.groupby(cols)[averaged].apply(lambda g: set(map(tuple, g.to_numpy()))) if averaged else None
     row_labels = sorted(df[rows].astype(str).unique(), key=str.lower)
     col_labels = sorted(df[cols].astype(str).unique(), key=str.lower)
     oracle_rows = {r for r in row_labels if r.endswith(ORACLE_SUFFIX)} if rows == "method" else set()
+    oracle_cols = {c for c in col_labels if c.endswith(ORACLE_SUFFIX)} if cols == "method" else set()
     cells: dict[tuple[str, str, str], Cell] = {}
     for (r, c), grp in per_seed.groupby(level=[0, 1]):
-        complete = per_seed_counts.loc[(r, c)] >= full  # every averaged combination present for that seed
+        if averaged:
+            complete = [combos.loc[(r, c, sd)] >= expected.loc[c] for sd in grp.index.get_level_values(2)]
+        else:
+            complete = [True] * len(grp)
         for m in metrics:
-            vals = grp[m][complete.values].dropna().to_numpy(dtype=float)
-            cells[(str(r), str(c), m)] = _cell(vals, seeds)
-    if average and len(col_labels) > 1:
+            vals = grp[m][complete].dropna().to_numpy(dtype=float)
+            cells[(str(r), str(c), m)] = _cell(vals, seeds, error)
+    if average and len(col_labels) > 1 and cols != "method":
         for r in row_labels:
             for m in metrics:
                 parts = [cells.get((r, c, m)) for c in col_labels]
@@ -192,36 +229,48 @@ def build_table(
                 n = min((p.n for p in parts if p is not None), default=0) if ok else 0
                 cells[(r, "avg", m)] = Cell(float(vals.mean()) if ok else None, None, n, seeds)
         col_labels = [*col_labels, "avg"]
-    _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_rows)
-    meta = {"rows": rows, "cols": cols, "metrics": metrics, "split": split, "averaged_over": averaged,
-            "seeds_expected": seeds, "score": score, "rule": rule, "other_code_left_out": left_out,
+    if rows == "method":
+        _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_rows, along="rows")
+    elif cols == "method":
+        _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_cols, along="cols")
+    meta = {"rows": rows, "cols": cols, "metrics": metrics, "split": df["split"].iloc[0], "averaged_over": averaged,
+            "seeds_expected": seeds, "score": score, "rule": rule, "error": error, "ranked": "method" in (rows, cols),
             **{a: sorted(df[a].astype(str).unique()) for a in hidden if df[a].nunique() == 1}}
-    table = Table(row_labels, col_labels, metrics, cells, meta, oracle_rows)
-    if reference:
-        attach_reference(table, df, reference)
-    return table
+    return Table(row_labels, col_labels, metrics, cells, meta, oracle_rows | oracle_cols)
 
 
-def _cell(vals: np.ndarray, expected: int | None) -> Cell:
+ERRORS = ("std", "se")
+AXIS_ALIASES_OUT = {"shift": "protocol"}
+
+
+def _cell(vals: np.ndarray, expected: int | None, error: str = "std") -> Cell:
     if len(vals) == 0:
         return Cell(None, None, 0, expected)
-    std = float(vals.std(ddof=1)) if len(vals) > 1 else None
-    return Cell(float(vals.mean()), std, len(vals), expected)
+    spread = None
+    if len(vals) > 1:
+        spread = float(vals.std(ddof=1))
+        if error == "se":
+            spread /= math.sqrt(len(vals))
+    return Cell(float(vals.mean()), spread, len(vals), expected)
 
 
-def _rank(cells, rows, cols, metrics, exclude: set[str]) -> None:
-    for c in cols:
+def _rank(cells, rows, cols, metrics, exclude: set[str], along: str) -> None:
+    """Best and second best among the methods, on the values as displayed (two cells showing 76.6 tie).
+    ``along="rows"``: methods are rows, ranked within each column; ``"cols"``: within each row."""
+    lines, others = (cols, rows) if along == "rows" else (rows, cols)
+    for line in lines:
         for m in metrics:
             sign = 1 if m in LOWER_IS_BETTER else -1
-            scored = sorted({round(cells[(r, c, m)].mean, 10) for r in rows
-                             if r not in exclude and (r, c, m) in cells and cells[(r, c, m)].mean is not None},
-                            key=lambda v: sign * v)
-            for r in rows:
-                cell = cells.get((r, c, m))
-                if cell is None or cell.mean is None or r in exclude:
-                    continue
-                pos = scored.index(round(cell.mean, 10)) + 1
-                cell.rank = pos if pos <= 2 and len(scored) > 1 else None
+
+            def key(o):
+                return (o, line, m) if along == "rows" else (line, o, m)
+
+            shown = {o: round(cells[key(o)].mean, 1) for o in others
+                     if o not in exclude and key(o) in cells and cells[key(o)].mean is not None}
+            distinct = sorted(set(shown.values()), key=lambda v: sign * v)
+            for o, v in shown.items():
+                pos = distinct.index(v) + 1
+                cells[key(o)].rank = pos if pos <= 2 and len(distinct) > 1 else None
 
 
 # -------------------------------------------------------------------------------------- reported numbers
@@ -314,12 +363,16 @@ def caption(t: Table) -> str:
         parts.append(fixed)
     if m["averaged_over"]:
         parts.append("averaged over " + ", ".join("protocols" if a == "shift" else a + "s" for a in m["averaged_over"]))
-    parts.append("mean ± std over seeds; – = undefined or incomplete")
+    spread = "standard error" if m.get("error") == "se" else "std"
+    parts.append(f"mean ± {spread} over seeds; – = undefined or incomplete")
     if m["seeds_expected"]:
         parts.append(f"† fewer than {m['seeds_expected']} seeds")
     if m["score"] or m["rule"]:
         parts.append("recomputed with " + ", ".join(x for x in (m["score"] and f"score {m['score']}", m["rule"] and f"rule {m['rule']}") if x))
-    parts.append("best in bold, second underlined" + ("; oracle rows (target labels) unranked" if t.oracle_rows else ""))
+    if m.get("ranked", True):
+        who = "rows" if m["rows"] == "method" else "columns"
+        parts.append("best method in bold, second underlined" +
+                     (f"; oracle {who} (target labels) unranked" if t.oracle_rows else ""))
     if m.get("other_code_left_out"):
         n = m["other_code_left_out"]
         parts.append(f"{n} run{'s' if n != 1 else ''} made by other code left out (--code all shows them)")
@@ -330,9 +383,14 @@ def _joined(t: Table, r: str, c: str, wrap) -> str:
     return " / ".join(wrap(t.cells.get((r, c, m))) for m in t.metrics)
 
 
+def _one_line(s: str) -> str:
+    return " ".join(str(s).split())
+
+
 def _md(s: str) -> str:
-    """Names are text, never markup: GitHub renders raw HTML inside markdown tables."""
-    return html.escape(s, quote=False).replace("|", "\\|")
+    """Markdown text, never markup: one line (a newline would split a row), HTML escaped (GitHub renders raw
+    HTML inside tables), pipes escaped (they would break the column count)."""
+    return html.escape(_one_line(s), quote=False).replace("|", "\\|")
 
 
 def _marked(cell: Cell | None, text: str, best: str, second: str) -> str:
@@ -350,12 +408,12 @@ def render_markdown(t: Table) -> str:
         return _marked(cell, cell_text(cell), "**{}**", "<u>{}</u>")
 
     head = _header(t)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":---"] + ["---:"] * len(t.cols)) + "|"]
+    lines = ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "|".join([":---"] + ["---:"] * len(t.cols)) + "|"]
     for r in t.rows:
         lines.append("| " + " | ".join([_md(r), *(_joined(t, r, c, wrap) for c in t.cols)]) + " |")
-    out = caption(t) + "\n\n" + "\n".join(lines) + "\n"
+    out = _md(caption(t)) + "\n\n" + "\n".join(lines) + "\n"
     if t.citations:
-        out += "\nReported numbers: " + "; ".join(t.citations) + "\n"
+        out += "\nReported numbers: " + _md("; ".join(t.citations)) + "\n"
     return out
 
 
@@ -364,7 +422,8 @@ _LATEX_ESC = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r
 
 
 def _tex(s: str) -> str:
-    return "".join(_LATEX_ESC.get(ch, ch) for ch in s)
+    """LaTeX text: specials escaped, on one line (a newline would end a comment and start live LaTeX)."""
+    return "".join(_LATEX_ESC.get(ch, ch) for ch in _one_line(s))
 
 
 def render_latex(t: Table) -> str:
@@ -373,7 +432,7 @@ def render_latex(t: Table) -> str:
 
     head = _header(t)
     lines = [
-        "% " + caption(t),
+        "% " + _tex(caption(t)),
         "\\begin{tabular}{l" + "r" * len(t.cols) + "}",
         "\\toprule",
         " & ".join(_tex(h) for h in head) + " \\\\",
@@ -403,8 +462,19 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 4)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv(v: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (=HYPERLINK(...)) is quoted with a leading '."""
+    if isinstance(v, str):
+        v = _one_line(v)
+        return "'" + v if v.startswith(_FORMULA_START) else v
+    return v
+
+
 def render_csv(t: Table) -> str:
-    rows = _records(t)
+    rows = [{k: _csv(v) for k, v in r.items()} for r in _records(t)]
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -444,10 +514,37 @@ def render_html(t: Table) -> str:
     )
 
 
-RENDERERS = {"md": render_markdown, "latex": render_latex, "csv": render_csv, "json": render_json, "html": render_html}
+RENDERERS = {"md": render_markdown, "markdown": render_markdown, "latex": render_latex, "csv": render_csv,
+             "json": render_json, "html": render_html}
 
 
 def render(t: Table, fmt: str = "md") -> str:
     if fmt not in RENDERERS:
         raise UeobenchError(f"unknown format '{fmt}'{suggest(fmt, list(RENDERERS))}")
     return RENDERERS[fmt](t)
+
+
+def render_many(tables: list[Table], fmt: str = "md") -> str:
+    """Several tables in one document: one after another (markdown, LaTeX, HTML), one long table with the
+    group's columns (CSV), or ``{"tables": [...]}`` (JSON). A single table renders as ``render`` does."""
+    if len(tables) == 1:
+        return render(tables[0], fmt)
+    if fmt not in RENDERERS:
+        raise UeobenchError(f"unknown format '{fmt}'{suggest(fmt, list(RENDERERS))}")
+    if fmt == "csv":
+        rows = [{**{k: _csv(v) for k, v in t.meta["group"].items()}, **{k: _csv(v) for k, v in r.items()}}
+                for t in tables for r in _records(t)]
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+    if fmt == "json":
+        return json.dumps({"tables": [json.loads(render_json(t)) for t in tables]}, indent=1, sort_keys=True) + "\n"
+    if fmt == "html":
+        bodies = [render_html(t) for t in tables]
+        head, tail = bodies[0].split("<table>", 1)[0], "\n</body>\n</html>\n"
+        inner = ["<table>" + b.split("<table>", 1)[1].split("\n</body>", 1)[0] for b in bodies]
+        return head + "\n".join(inner) + tail
+    return "\n".join(render(t, fmt) for t in tables)

@@ -2,17 +2,24 @@
 
 Conventions (methods.md sections 9-10): labels >= num_known are unknown; the *known* samples are the positive
 class of AUROC; the default score is MCM (max softmax of the raw cosines, T = 1). An undefined metric is None.
+
+``aupr_in`` and ``aupr_out`` are OpenOOD's names: average precision with the known samples as positives (score as
+is) and with the unknown samples as positives (score negated). ``ece`` is the expected calibration error of the
+closed-set predictions on the known samples: the classifier's own probabilities (softmax at CLIP's logit scale),
+15 equal-width confidence bins, sum over bins of (bin size / n) * |accuracy - mean confidence|.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
-
 from .scores import DEFAULT_RULE, accept_known, compute_score
 
-METRICS = ("acc", "gacc", "auroc", "fpr95", "hscore")
+#: every metric a record holds, in display order; CORE_METRICS is the short list a run prints
+METRICS = ("acc", "gacc", "auroc", "fpr95", "hscore", "os_star", "unknown_recall", "aupr_in", "aupr_out", "ece")
+CORE_METRICS = ("acc", "gacc", "auroc", "fpr95", "hscore")
+LOWER_IS_BETTER = frozenset({"fpr95", "ece"})
+ECE_BINS = 15
 
 
 def _np(x: Any) -> np.ndarray:
@@ -29,8 +36,24 @@ def per_class_accuracy(correct: np.ndarray, labels: np.ndarray) -> float | None:
     return float(np.mean([correct[labels == c].mean() for c in classes]))
 
 
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float | None:
+    """ECE with ``bins`` equal-width bins over (0, 1]: sum_b |B_b|/n * |acc(B_b) - conf(B_b)|."""
+    if len(confidence) == 0:
+        return None
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(total)
+
+
 def fpr_at_95_tpr(is_known: np.ndarray, scores: np.ndarray) -> float | None:
     """Fraction of unknowns accepted at the highest threshold that keeps at least 95% of the knowns."""
+    from sklearn.metrics import roc_curve
+
     if is_known.all() or not is_known.any():
         return None
     fpr, tpr, _ = roc_curve(is_known.astype(int), scores)
@@ -69,8 +92,16 @@ def evaluate(
     out["acc"] = per_class_accuracy(correct[known], y[known]) if n_known else None
     out["gacc"] = float(correct[known].mean()) if n_known else None
     both = n_known > 0 and n_unknown > 0
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     out["auroc"] = float(roc_auc_score(known.astype(int), s)) if both else None
     out["fpr95"] = fpr_at_95_tpr(known, s) if both else None
+    out["aupr_in"] = float(average_precision_score(known.astype(int), s)) if both else None
+    out["aupr_out"] = float(average_precision_score((~known).astype(int), -s)) if both else None
+    from scipy.special import softmax
+
+    conf = softmax(cos[known] * logit_scale, axis=1).max(1) if n_known else np.zeros(0)
+    out["ece"] = expected_calibration_error(conf, correct[known]) if n_known else None
     accept = accept_known(cos, logit_scale, rule)
     os_star = per_class_accuracy((correct & accept)[known], y[known]) if n_known else None
     unk = float((~accept[~known]).mean()) if n_unknown else None
