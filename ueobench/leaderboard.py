@@ -262,7 +262,7 @@ def _rank(cells, rows, cols, metrics, exclude: set[str], along: str) -> None:
         for m in metrics:
             sign = 1 if m in LOWER_IS_BETTER else -1
 
-            def key(o):
+            def key(o, line=line, m=m):
                 return (o, line, m) if along == "rows" else (line, o, m)
 
             shown = {o: round(cells[key(o)].mean, 1) for o in others
