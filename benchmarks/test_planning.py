@@ -45,7 +45,7 @@ def big_dataset(tmp_path_factory):
 
 
 def test_planning_a_thousand_runs(benchmark, big_dataset):
-    from ueobench import sweep as sw
+    from ueobench import grid as sw
     from ueobench.plan import Planner
 
     proto, data_root = big_dataset

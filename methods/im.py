@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ueobench.losses import im_loss
-from ueobench.method import register_method
+from ueobench.method import option, register_method
 from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
 
 
@@ -12,7 +12,7 @@ from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
 class InformationMaximisation(PromptTuningMethod):
     @dataclass
     class Options(PromptTuningOptions):
-        trade: float = 1.0  # weight of the marginal-entropy (diversity) term
+        trade: float = option(1.0, "weight of the marginal-entropy (diversity) term", min=0)
 
     def objective(self, probs, idx):
         return im_loss(probs, self.options.trade)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ueobench.losses import im_loss, pouf_transport_loss
-from ueobench.method import register_method
+from ueobench.method import option, register_method
 from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
 from ueobench.trainer import TrainSpec
 from ueobench.transforms import square_resize_then_crop
@@ -31,15 +31,16 @@ def pouf_decay(step: int, total: int) -> float:
 class POUF(PromptTuningMethod):
     @dataclass
     class Options(PromptTuningOptions):
-        tune: str = "prompt"
-        epochs: int = 10
-        iters_per_epoch: int = 500
-        batch_size: int = 96
-        lr_prompt: float = 1e-3
-        lr_logit_scale: float = 5e-7
-        im_weight: float = 0.3
-        eval_every: int = 0
-        aug_scale_min: float = 0.08
+        tune: str = option("prompt", "POUF tunes the prompt (and the logit scale)", choices=("prompt",))
+        epochs: int = option(10, "epochs (pouf.sh; the argparse default is 20)", min=1)
+        iters_per_epoch: int = option(500, "iterations per epoch", min=1)
+        batch_size: int = option(96, "target batch size", min=1)
+        lr_prompt: float = option(1e-3, "effective learning rate of the prompt (0.1 x base 0.01)", min=0)
+        lr_logit_scale: float = option(5e-7, "effective learning rate of the logit scale (5e-5 x base 0.01)", min=0)
+        im_weight: float = option(0.3, "weight of the IM term", min=0)
+        eval_every: int = option(0, "evaluate every N epochs (0: final only)", min=0)
+        aug_scale_min: float = option(0.08, "smallest RandomResizedCrop area fraction", min=0, max=1,
+                                      min_exclusive=True)
 
     dataset_defaults = {}
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ueobench.losses import entropy_from_logits
-from ueobench.method import register_method
+from ueobench.method import option, register_method
 from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
 from ueobench.trainer import TrainSpec
 from ueobench.tuning import batchnorms
@@ -33,12 +33,13 @@ class Tent(PromptTuningMethod):
 
     @dataclass
     class Options(PromptTuningOptions):
-        tune: str = "norm"
-        norm_rule: str = "type"
-        epochs: int = 1
-        batch_size: int = 64
-        lr_norm: float = 1e-3
-        eval_every: int = 0
+        tune: str = option("norm", "what to tune: norm (TENT), prompt or both", choices=("both", "prompt", "norm"))
+        norm_rule: str = option("type", "type: every norm module (TENT); name: the 'bn'/'ln' substring rule",
+                                choices=("name", "type"))
+        epochs: int = option(1, "passes over the stream (the reference: one)", min=1)
+        batch_size: int = option(64, "stream batch size (also the test split's batch size)", min=1)
+        lr_norm: float = option(1e-3, "Adam learning rate of the norm affines", min=0)
+        eval_every: int = option(0, "evaluate every N epochs (0: final only)", min=0)
 
     dataset_defaults = {}
 

@@ -16,7 +16,7 @@ import torch
 
 from ueobench.augmix import TPTViews
 from ueobench.clip_ops import encode_images
-from ueobench.method import Method, Options, register_method
+from ueobench.method import Method, Options, option, register_method
 from ueobench.prompt_learner import PromptLearner
 
 
@@ -26,14 +26,14 @@ class TPT(Method):
 
     @dataclass
     class Options(Options):
-        views: int = 64
-        select: float = 0.1
-        lr: float = 5e-3
-        steps: int = 1
-        n_ctx: int = 4
-        ctx_init: str = "a photo of a"
-        scale_min: float = 0.08
-        augmix: bool = True  # the reference's views for every non-ImageNet set
+        views: int = option(64, "views per image, the image itself included", min=2)
+        select: float = option(0.1, "fraction of the most confident views kept", min=0, max=1, min_exclusive=True)
+        lr: float = option(5e-3, "AdamW learning rate", min=0)
+        steps: int = option(1, "optimiser steps per image", min=1)
+        n_ctx: int = option(4, "context tokens of the prompt", min=1)
+        ctx_init: str = option("a photo of a", "phrase the context starts from")
+        scale_min: float = option(0.08, "smallest RandomResizedCrop area fraction", min=0, max=1, min_exclusive=True)
+        augmix: bool = option(True, "AugMix views, as the reference for every non-ImageNet set")
 
     def setup(self, backbone, class_names, context):
         super().setup(backbone, class_names, context)

@@ -15,7 +15,7 @@ import torch
 
 from ueobench.errors import UeobenchError
 from ueobench.losses import ueo_loss
-from ueobench.method import register_method
+from ueobench.method import option, register_method
 from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
 
 WEIGHTS = ("msp", "none", "oracle")
@@ -25,8 +25,9 @@ WEIGHTS = ("msp", "none", "oracle")
 class UEO(PromptTuningMethod):
     @dataclass
     class Options(PromptTuningOptions):
-        trade: float = 1.0
-        weights: str = "msp"  # msp (the method) | none (plain IM) | oracle (uses target labels)
+        trade: float = option(1.0, "weight of the marginal-entropy (diversity) term", min=0)
+        weights: str = option("msp", "msp (the method), none (plain IM) or oracle (reads target labels)",
+                              choices=WEIGHTS)
 
     def is_oracle(self) -> bool:
         return self.options.weights == "oracle"

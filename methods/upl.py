@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ueobench.clip_ops import encode_images, encode_texts, prompt_texts
-from ueobench.method import Method, Options, register_method
+from ueobench.method import Method, Options, option, register_method
 from ueobench.prompt_learner import PromptLearner
 from ueobench.trainer import TrainSpec, fit
 from ueobench.transforms import random_resized_crop
@@ -43,14 +43,14 @@ class UPL(Method):
 
     @dataclass
     class Options(Options):
-        shots: int = 16
-        n_ctx: int = 16
-        ensemble: int = 16
-        epochs: int = 50
-        batch_size: int = 32
-        lr: float = 0.002
-        warmup_epochs: int = 1
-        eval_every: int = 0
+        shots: int = option(16, "pseudo-labels kept per predicted class (the most confident)", min=1)
+        n_ctx: int = option(16, "random context tokens per prompt", min=1)
+        ensemble: int = option(16, "prompts trained and averaged (the reference: 16)", min=1)
+        epochs: int = option(50, "epochs per prompt", min=1)
+        batch_size: int = option(32, "batch size", min=1)
+        lr: float = option(0.002, "SGD learning rate after the warm-up", min=0)
+        warmup_epochs: int = option(1, "epochs at the constant warm-up lr 1e-5", min=0)
+        eval_every: int = option(0, "evaluate every N epochs (0: final only)", min=0)
 
     def setup(self, backbone, class_names, context):
         super().setup(backbone, class_names, context)

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 import torch
 
 from ueobench.clip_ops import encode_images, encode_texts, prompt_texts
-from ueobench.method import AdaptContext, Method, Options, register_method
+from ueobench.method import AdaptContext, Method, Options, option, register_method
 
 
 @register_method("zeroshot")
 class ZeroShot(Method):
     @dataclass
     class Options(Options):
-        prompt: str | None = None  # None: the dataset's prompt from its protocol file
+        prompt: str | None = option(None, "prompt template with {} for the class name (default: the dataset's)")
 
     def setup(self, backbone, class_names: list[str], context: AdaptContext) -> None:
         super().setup(backbone, class_names, context)

@@ -29,9 +29,18 @@ def _in_tmp_cwd(tmp_path, monkeypatch):
     """Each test runs in its own folder, so ``results/``, ``ueobench.toml`` and cached features never leak."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("UEOBENCH_FEATURE_CACHE", str(tmp_path / "feature-cache"))
-    from ueobench import method
+    from ueobench import plugins
+    from ueobench.method import METHODS
 
-    monkeypatch.setattr(method, "_plugin_dirs", [])  # --plugins folders never leak into the next test
+    METHODS.names()  # the built-ins, loaded once
+    saved = list(plugins.PLUGIN_DIRS)
+    items, origins = dict(METHODS._items), dict(METHODS._origins)
+    yield
+    plugins.PLUGIN_DIRS[:] = saved  # --plugins folders and the methods they registered never leak into the next test
+    METHODS._items.clear()
+    METHODS._items.update(items)
+    METHODS._origins.clear()
+    METHODS._origins.update(origins)
 
 
 @pytest.fixture

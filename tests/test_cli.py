@@ -198,9 +198,9 @@ def test_plugin_folder_appears_in_every_command(cli, tmp_path):
     assert r.exit_code == 0, r.output
     assert "randproto" in cli("table").output
     (plugins / "clash.py").write_text(PLUGIN.replace("class RandomPrototypes", "class Other"))
-    from ueobench import method
+    from ueobench import plugins as plugin_mod
 
-    method._plugin_dirs.clear()
+    plugin_mod.PLUGIN_DIRS.clear()
     r = cli("--plugins", str(plugins), "list", "methods")
     assert r.exit_code == 2 and "duplicate method name 'randproto'" in r.output
 

@@ -215,7 +215,7 @@ def test_bad_images_give_a_clear_error_and_no_record(cli, tmp_path, case, expect
 def test_two_hundred_runs_across_eight_workers(tmp_path):
     """Load: 200 tiny runs, 8 workers, one folder -> exactly 200 records, none executed twice."""
     from test_sweep import COUNTING
-    from ueobench import sweep as sw
+    from ueobench import grid as sw
     from ueobench.method import add_plugin_folder
 
     plugins = tmp_path / "plugins"
@@ -232,7 +232,7 @@ def test_two_hundred_runs_across_eight_workers(tmp_path):
     assert len(jobs) == 200
     plan = sw.save_plan(spec, jobs, names)
     env = {**os.environ, "COUNT_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "ueobench.sweep", str(plan)], env=env) for _ in range(8)]
+    procs = [subprocess.Popen([sys.executable, "-m", "ueobench.grid", str(plan)], env=env) for _ in range(8)]
     assert all(p.wait(timeout=3600) == 0 for p in procs)
     assert sorted(p.name for p in visible_runs(tmp_path / "results")) == sorted(names)
     assert len(log.read_text().splitlines()) == 200

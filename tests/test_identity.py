@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY, make_toy_tree, toy_protocol, write_image
-from ueobench import sweep as sw
+from ueobench import grid as sw
 from ueobench.plan import Planner, RunRequest
 
 PLUGIN = '''
@@ -93,7 +93,8 @@ def test_editing_a_plugin_reruns_it_and_tables_never_mix_old_and_new_code(cli, p
     import importlib
     import sys as _sys
 
-    _sys.modules.pop("ueobench_plugins.biased", None)
+    for name in [m for m in _sys.modules if m.startswith("ueobench_plugins.biased")]:
+        del _sys.modules[name]
     from ueobench import method as method_mod
 
     method_mod.METHODS._items.pop("biased", None)

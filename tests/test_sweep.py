@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-from ueobench import sweep as sw
+from ueobench import grid as sw
 
 COUNTING = '''
 import os, time
@@ -126,7 +126,7 @@ def _plan(tmp_path, plugins, seeds: int, protocols=("oda",)) -> tuple[Path, list
 
 def _worker(plan: Path, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "ueobench.sweep", str(plan)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "ueobench.grid", str(plan)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -67,7 +67,9 @@ def builtin_weights(arch: str, folder: Path | None = None) -> Path:
 
 
 def builtin_architectures() -> list[str]:
-    return sorted(Path(f.name).stem for f in resources.files("ueobench.model_configs").iterdir() if f.name.endswith(".json"))
+    from .api import builtin_architectures as names
+
+    return names()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,16 @@
-"""The ``ueobench`` command line: thin wrappers over the Python API."""
+"""The ``ueobench`` command line: thin wrappers over the Python API.
+
+Starts fast: nothing here imports torch, open_clip or scikit-learn; ``--help``, ``list``, ``show``, ``status``
+(of saved sweeps) and ``table`` never load them.
+"""
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+import traceback
+import warnings
 from typing import Any
 
 import click
@@ -13,38 +21,90 @@ from .metrics import CORE_METRICS, METRICS
 from .protocols import SHIFTS
 from .scores import DEFAULT_RULE, RULES_DOC
 
+DEBUG = {"on": bool(os.environ.get("UEOBENCH_DEBUG"))}
+
+
+def _plugins_option(f):
+    """``--plugins DIR`` is accepted before the subcommand and after it."""
+    def add(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+        for folder in value:
+            try:
+                api.add_plugin_folder(folder)
+            except UeobenchError as e:
+                raise _UserError(str(e)) from None
+        return value
+
+    return click.option("--plugins", multiple=True, type=click.Path(file_okay=False), expose_value=False,
+                        is_eager=True, callback=add, help="Folder of method plugin files (repeatable).")(f)
+
+
+def _debug_option(f):
+    def set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        DEBUG["on"] = DEBUG["on"] or value
+        return value
+
+    return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=set_debug,
+                        help="Show the full traceback of an unexpected error.")(f)
+
+
+class _Command(click.Command):
+    def __init__(self, *a: Any, **k: Any):
+        super().__init__(*a, **k)
+        _plugins_option(self)
+        _debug_option(self)
+
 
 class _Group(click.Group):
-    """Turns every UeobenchError into a one-line ``Error: ...`` and exit status 2."""
+    """Turns every UeobenchError into a one-line ``Error: ...`` and exit status 2; anything unexpected into one
+    line naming where its traceback was written (``--debug`` prints it), exit status 1."""
+
+    command_class = _Command
 
     def invoke(self, ctx: click.Context) -> Any:
+        warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
         try:
             return super().invoke(ctx)
         except UeobenchError as e:
             raise _UserError(str(e)) from None
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last-resort net; each known fault has its own fix
+            if DEBUG["on"]:
+                raise
+            fd, path = tempfile.mkstemp(prefix="ueobench-traceback-", suffix=".txt")
+            with os.fdopen(fd, "w") as f:
+                f.write(" ".join(sys.argv) + "\n\n" + traceback.format_exc())
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            click.echo(f"Error: unexpected {type(e).__name__}{': ' + first if first else ''} "
+                       f"(full traceback in {path}; rerun with --debug to see it)", err=True)
+            ctx.exit(1)
 
 
 class _UserError(click.ClickException):
     exit_code = 2
 
 
-def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
-    out = {}
+def _parse_sets(values: tuple[str, ...], flag: str = "--set", axis: bool = False) -> dict[str, str]:
+    """``key=value`` pairs; a key given twice is an error (in a sweep, ``key=a,b`` makes the values an axis)."""
+    out: dict[str, str] = {}
     for v in values:
         key, sep, val = v.partition("=")
         if not sep or not key.strip():
-            raise UeobenchError(f"--set expects key=value, got {v!r}")
-        out[key.strip()] = val.strip()
+            raise UeobenchError(f"{flag} expects key=value, got {v!r}")
+        key = key.strip()
+        if key in out:
+            hint = f"; give several values as {flag} {key}=a,b to sweep over them" if axis else "; give it once"
+            raise UeobenchError(f"{flag} {key} is given twice ({out[key]!r} and {val.strip()!r}){hint}")
+        out[key] = val.strip()
     return out
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--plugins", multiple=True, type=click.Path(file_okay=False), help="Folder of method plugin files (repeatable).")
+@_plugins_option
+@_debug_option
 @click.version_option(package_name="ueobench")
-def cli(plugins: tuple[str, ...]) -> None:
+def cli() -> None:
     """Benchmark unsupervised CLIP fine-tuning under category shift."""
-    for p in plugins:
-        api.add_plugin_folder(p)
 
 
 def _fmt(v: Any) -> str:
@@ -57,17 +117,17 @@ def _fmt(v: Any) -> str:
 @click.option("--domain", required=True, help="Target domain, e.g. clipart.")
 @click.option("--dataset", default=None, help="Dataset; needed only when several configured datasets share the domain.")
 @click.option("--backbone", default=None, help="ARCH:WEIGHTS, e.g. ViT-B-16:openai; default: the dataset's.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--epochs", default=None, type=int, help="Shorthand for --set epochs=N.")
-@click.option("--batch-size", default=None, type=int, help="Shorthand for --set batch_size=N (adaptation batch).")
-@click.option("--eval-batch-size", default=256, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Shorthand for --set epochs=N.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Shorthand for --set batch_size=N (adaptation batch).")
+@click.option("--eval-batch-size", default=256, show_default=True, type=click.IntRange(min=1))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a method option (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-root", default=None, help="Folder holding the datasets (else $UEOBENCH_DATA, else ueobench.toml).")
 @click.option("--results", default="results", show_default=True, help="Run store.")
 @click.option("--score", default="mcm", show_default=True, help="OOD score (ueobench list scores).")
 @click.option("--rule", default=DEFAULT_RULE, show_default=True, help="Label-free H-score rejection rule: nent:TAU or kmeans2.")
-@click.option("--workers", default=None, type=int, help="Data loader workers (default 0 on CPU, 4 on CUDA).")
+@click.option("--workers", default=None, type=click.IntRange(min=0), help="Data loader workers (default 0 on CPU, 4 on CUDA).")
 @click.option("--force", is_flag=True, help="Rerun even if an identical finished run exists.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the shared image-feature cache.")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
@@ -213,30 +273,23 @@ def _grid(method_required: bool):
 
 
 def _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results):
-    from . import sweep as sw
-
-    options = _parse_sets(sets)
+    options = _parse_sets(sets, axis=True)
     if epochs is not None:
+        if "epochs" in options:
+            raise UeobenchError("--epochs and --set epochs=... both given; give one")
         options["epochs"] = str(epochs)
-    return sw.SweepSpec(
-        methods=sw.parse_list(method, api.list_methods(), "--method"),
-        protocols=sw.parse_list(protocol, list(SHIFTS), "--protocol"),
-        domains=sw.parse_list(domain, ["all"], "--domain"),
-        datasets=sw.parse_list(dataset, api.list_datasets(), "--dataset"),
-        seeds=sw.parse_seeds(seeds), backbones=sw.parse_list(backbone) or [None], options=options,
-        results=results, data_root=data_root, device=device,
-        plugins=[str(p) for p in api.plugin_folders()],
-    )
+    return api.sweep_spec(method, protocol, domain, dataset, seeds, backbone, options, device, data_root, results)
 
 
 @cli.command()
 @_grid(method_required=True)
 @click.option("--launcher", default="local", show_default=True, type=click.Choice(["local", "slurm", "submitit-local"]))
-@click.option("--workers", default=1, show_default=True, type=int, help="local: worker processes (one per GPU on CUDA).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="local: worker processes (one per GPU on CUDA).")
 @click.option("--partition", default=None, help="slurm: partition.")
-@click.option("--time", "time_min", default=120, show_default=True, type=int, help="slurm: minutes per job.")
-@click.option("--gpus", default=1, show_default=True, type=int, help="slurm: GPUs per job.")
-@click.option("--array-parallelism", default=64, show_default=True, type=int, help="slurm: array jobs at once.")
+@click.option("--time", "time_min", default=120, show_default=True, type=click.IntRange(min=1), help="slurm: minutes per job.")
+@click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=0), help="slurm: GPUs per job.")
+@click.option("--array-parallelism", default=64, show_default=True, type=click.IntRange(min=1), help="slurm: array jobs at once.")
 @click.option("--sbatch", multiple=True, metavar="KEY=VALUE", help="slurm: extra sbatch options (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and the state of each run; run nothing.")
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed before.")
@@ -245,44 +298,32 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
           sets: tuple[str, ...], epochs: int | None, device: str, data_root: str | None, results: str, launcher: str,
           workers: int, partition: str | None, time_min: int, gpus: int, array_parallelism: int,
           sbatch: tuple[str, ...], dry_run: bool, retry_failed: bool, force: bool) -> None:
-    """Run or resume a grid of runs; finished runs are skipped, interrupted ones redone."""
-    from . import sweep as sw
+    """Run or resume a grid of runs; finished runs are skipped, interrupted ones redone.
+
+    --set KEY=a,b,c makes the values a grid axis."""
     from .progress import make_progress
 
     spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results)
-    jobs = sw.expand(spec)
-    names = sw.job_names(jobs)
-    if dry_run:
-        states = [sw.state(results, n) for n in names]
-        for j, n, st in zip(jobs, names, states):
-            click.echo(f"{st:<8} {n}  backbone={j.backbone or 'default'}")
-        counts = {s: states.count(s) for s in sw.STATES}
-        click.echo(f"{len(jobs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-        return
-    plan = sw.save_plan(spec, jobs, names)
+    slurm = {"partition": partition, "time": time_min, "gpus": gpus, "array_parallelism": array_parallelism,
+             "sbatch": _parse_sets(sbatch, flag="--sbatch")}
     with make_progress() as progress:
-        if launcher == "local" and workers <= 1:
-            outcome = sw.run_local(jobs, names, retry_failed, force, progress)
-        elif launcher == "local":
-            codes = sw.run_workers(plan, workers, retry_failed, force, names, results, progress)
-            if any(codes):
-                click.echo(f"warning: {sum(c != 0 for c in codes)} of {workers} workers exited abnormally "
-                           f"(codes {codes}); rerun the same sweep to resume", err=True)
-            outcome = None
-        else:
-            cluster = "slurm" if launcher == "slurm" else "local"
-            slurm = {"partition": partition, "time": time_min, "gpus": gpus, "array_parallelism": array_parallelism,
-                     "sbatch": _parse_sets(sbatch)}
-            ids = sw.run_submitit(jobs, names, retry_failed, force, cluster, slurm, spec.plugins)
-            if cluster == "slurm":
-                click.echo(f"submitted {len(ids)} array tasks; follow them with: ueobench status --results {results}")
-                return
-            outcome = {k: ids.count(k) for k in sorted(set(ids))}  # the local executor returns each job's outcome
-    counts = sw.grid_status(results, names)
-    click.echo(f"sweep {spec.key()}: {len(jobs)} runs: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    if outcome:
-        click.echo("this invocation: " + ", ".join(f"{v} {k}" for k, v in sorted(outcome.items())))
-    if counts["failed"]:
+        out = api.sweep(spec, launcher, workers, retry_failed, force, dry_run, slurm,
+                        None if dry_run else progress, echo=click.echo)
+    counts = ", ".join(f"{v} {k}" for k, v in out["states"].items())
+    if out.get("dry_run"):
+        click.echo(f"{out['runs']} runs: {counts}")
+        return
+    if out.get("submitted"):
+        click.echo(f"submitted {out['outcome']['submitted']} array tasks; follow them with: "
+                   f"ueobench status --results {results}")
+        return
+    if out["workers_failed"]:
+        click.echo(f"warning: {out['workers_failed']} of {workers} workers exited abnormally; rerun the same "
+                   f"sweep to resume", err=True)
+    click.echo(f"sweep {out['key']}: {out['runs']} runs: {counts}")
+    if out["outcome"]:
+        click.echo("this invocation: " + ", ".join(f"{v} {k}" for k, v in sorted(out["outcome"].items())))
+    if out["states"]["failed"]:
         click.echo(f"failed runs keep their error and traceback in {results}/failed/; rerun them with --retry-failed")
         sys.exit(1)
 
@@ -290,31 +331,44 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
 @cli.command()
 @_grid(method_required=False)
 @click.option("--verbose", "-v", is_flag=True, help="List every run that is not done.")
+@click.option("--json", "as_json", is_flag=True, help="Every grid and the state of each run, as JSON.")
 def status(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results,
-           verbose: bool) -> None:
-    """Done, running, failed and pending runs: of one grid, or of every sweep launched into a results folder."""
-    from . import sweep as sw
-
-    grids = []
-    if method:
-        spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results)
-        jobs = sw.expand(spec)
-        grids.append((spec, sw.job_names(jobs)))
-    else:
-        for path in sw.plans(results):
-            spec, _, names = sw.load_plan(path)
-            grids.append((spec, names))
+           verbose: bool, as_json: bool) -> None:
+    """Done, running, failed and pending runs: of one grid (--method ...), or of every sweep saved in a results
+    folder (read from the saved plans, without loading any method)."""
+    spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results) if method else None
+    grids = api.status(results, spec)
+    if as_json:
+        click.echo(json.dumps(grids, indent=1, sort_keys=True))
+        return
     if not grids:
         click.echo(f"no sweeps under {results}/sweeps; pass a grid (--method ...) to check one")
-    for spec, names in grids:
-        counts = sw.grid_status(results, names)
-        click.echo(f"grid {spec.key()} ({', '.join(spec.methods)} x {', '.join(spec.protocols)} x "
-                   f"{', '.join(spec.datasets)}, {len(names)} runs): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    for g in grids:
+        click.echo(f"grid {g['key']} ({', '.join(g['methods'])} x {', '.join(g['protocols'])} x "
+                   f"{', '.join(g['datasets'])}, {g['runs']} runs): " + ", ".join(f"{v} {k}" for k, v in g["counts"].items()))
         if verbose:
-            for n in names:
-                st = sw.state(results, n)
+            for n, st in g["states"].items():
                 if st != "done":
                     click.echo(f"  {st:<8} {n}")
+
+
+@cli.command()
+@click.option("--results", default="results", show_default=True)
+@click.option("--format", "fmt", default="csv", show_default=True, type=click.Choice(["csv", "parquet", "jsonl"]))
+@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Write to this file (needed for parquet).")
+@click.option("--code", default="current", show_default=True, type=click.Choice(["current", "all"]),
+              help="current: only runs made by the installed code of each method; all: every readable run.")
+def export(results: str, fmt: str, output: str | None, code: str) -> None:
+    """One row per run: every plan field, each option as a column, every metric of both splits."""
+    from pathlib import Path
+
+    if output and not Path(output).parent.is_dir():
+        raise UeobenchError(f"folder {Path(output).parent} does not exist; create it or pass another --output")
+    out = api.export(results, fmt, output, code)
+    if output:
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(out, nl=False)
 
 
 @cli.group(name="list", cls=_Group)
@@ -323,33 +377,59 @@ def list_() -> None:
 
 
 @list_.command("methods")
-def list_methods() -> None:
-    for name, info in api.describe_methods().items():
-        click.echo(f"{name:<12} {info['adaptation']:<13} {info['summary']}")
+@click.option("--json", "as_json", is_flag=True, help="Every method's description as JSON.")
+def list_methods(as_json: bool) -> None:
+    """Registered methods: built-ins, entry points and --plugins folders."""
+    info = api.describe_methods()
+    if as_json:
+        click.echo(json.dumps(info, indent=1, sort_keys=True, default=str))
+        return
+    for name, m in info.items():
+        click.echo(f"{name:<12} {m['adaptation']:<13} {m['summary']}")
 
 
 @list_.command("backbones")
+@click.argument("pattern", required=False)
 @click.option("--all", "show_all", is_flag=True, help="Also list every open_clip pretrained tag.")
-def list_backbones(show_all: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def list_backbones(pattern: str | None, show_all: bool, as_json: bool) -> None:
+    """Backbones as ARCH:WEIGHTS; PATTERN is a glob (e.g. 'ViT-B-16*')."""
+    import fnmatch
+
     rows = api.list_backbones()
+    if pattern:
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["backbone"], pattern)]
+        show_all = True
     ours = [r for r in rows if r["source"].startswith("ueobench")]
-    for r in rows if show_all else ours:
+    shown = rows if show_all else ours
+    if as_json:
+        click.echo(json.dumps(shown, indent=1))
+        return
+    for r in shown:
         click.echo(f"{r['backbone']:<48} {r['source']}")
     if not show_all:
         click.echo(f"... and {len(rows) - len(ours)} open_clip pretrained backbones "
-                   f"(ARCH:TAG, e.g. ViT-B-16:openai, RN50:openai); see them with --all")
+                   f"(ARCH:TAG, e.g. ViT-B-16:openai, RN50:openai); see them with --all or a PATTERN")
 
 
 @list_.command("datasets")
-def list_datasets() -> None:
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def list_datasets(as_json: bool) -> None:
+    """Datasets (protocol files), their classes and domains."""
+    rows = []
     for name in api.list_datasets():
         p = api.load_protocol(name)
-        doms = ", ".join(d.name for d in p.domains)
-        click.echo(f"{name:<11} {len(p.classes):>4} classes  domains: {doms}")
+        rows.append({"dataset": name, "classes": len(p.classes), "domains": [d.name for d in p.domains]})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['dataset']:<11} {r['classes']:>4} classes  domains: {', '.join(r['domains'])}")
 
 
 @list_.command("scores")
 def list_scores() -> None:
+    """OOD scores (--score) and H-score rejection rules (--rule)."""
     for name in api.SCORES.names():
         s = api.SCORES.get(name)
         click.echo(f"{name:<9} T={s.temperature:<28} {s.doc}")
@@ -360,7 +440,7 @@ def list_scores() -> None:
 
 @cli.group(cls=_Group)
 def show() -> None:
-    """Show a protocol's class roles."""
+    """Show a protocol's class roles or a method's options."""
 
 
 @show.command("protocol")
@@ -368,6 +448,7 @@ def show() -> None:
 @click.argument("shift", type=click.Choice(SHIFTS))
 @click.option("--json", "as_json", is_flag=True)
 def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
+    """The classes of each role (known, target, unknown, absent) under a shift."""
     roles = api.show_protocol(dataset, shift)
     if as_json:
         click.echo(json.dumps(roles, indent=1))
@@ -378,6 +459,26 @@ def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
         names = roles[role]
         click.echo(f"\n{role} ({doc}): {len(names)}")
         click.echo("  " + (", ".join(names) if names else "(none)"))
+
+
+@show.command("method")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def show_method(name: str, as_json: bool) -> None:
+    """A method's description, every option (type, default, per-dataset defaults, help)."""
+    m = api.describe_method(name)
+    if as_json:
+        click.echo(json.dumps(m, indent=1, sort_keys=True, default=str))
+        return
+    click.echo(f"{m['name']} ({m['adaptation']}{', reads target labels' if m['oracle'] else ''}) from {m['origin']}\n")
+    click.echo(m["description"] + "\n")
+    click.echo("options (--set KEY=VALUE):")
+    for o in m["options"]:
+        per = {ds: d[o["name"]] for ds, d in m["dataset_defaults"].items() if o["name"] in d}
+        extra = ("  [" + ", ".join(f"{ds}: {v!r}" for ds, v in per.items()) + "]") if per else ""
+        click.echo(f"  {o['name']:<16} {o['type']:<12} default {o['default']!r}{extra}")
+        if o["help"]:
+            click.echo(f"  {'':<16} {o['help']}")
 
 
 @cli.group(cls=_Group)

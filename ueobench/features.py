@@ -30,7 +30,7 @@ FEATURE_VERSION = 1
 
 def feature_cache_dir() -> Path:
     """``$UEOBENCH_FEATURE_CACHE``, else ``features/`` in the ueobench cache folder."""
-    from .shapes import cache_root
+    from .paths import cache_root
 
     return Path(os.environ.get("UEOBENCH_FEATURE_CACHE") or cache_root() / "features")
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .errors import UeobenchError
 from .metrics import LOWER_IS_BETTER, METRICS, evaluate
@@ -45,7 +44,7 @@ CODE_CHOICES = ("current", "all")
 
 
 def records_frame(results: str | Path, score: str | None = None, rule: str | None = None,
-                  code: str = "current") -> tuple[pd.DataFrame, int]:
+                  code: str = "current") -> tuple[list[dict[str, Any]], int]:
     """One row per (run, split) with identity columns and metrics (percent), optionally recomputed, and the
     number of runs left out because they were made by other code than the installed one (``code="current"``).
 
@@ -79,8 +78,11 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 v = m.get(k)
                 row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
             rows.append(row)
-    cols = [*AXES, "method_name", "seed", "split", "oracle", "run_id", *METRICS]
-    return pd.DataFrame(rows, columns=cols), left_out
+    return rows, left_out
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> list[str]:
+    return sorted({str(r[key]) for r in rows})
 
 
 # ------------------------------------------------------------------------------------------ the cells
@@ -111,23 +113,23 @@ class Table:
     citations: list[str] = field(default_factory=list)
 
 
-def _filter(df: pd.DataFrame, filters: dict[str, str | None]) -> pd.DataFrame:
+def _filter(rows: list[dict[str, Any]], filters: dict[str, str | None]) -> list[dict[str, Any]]:
     for col, pattern in filters.items():
         if not pattern:
             continue
         col = _axis(col)
         pats = [p.strip() for p in pattern.split(",") if p.strip()]
+
         def matches(v: Any, pats: list[str] = pats) -> bool:
             return any(fnmatch.fnmatchcase(str(v), p) for p in pats)
 
-        keep = df[col].map(matches)
-        if col == "method":  # a method's name also selects all of its variants
-            keep |= df["method_name"].map(matches)
-        if not keep.any():
-            present = sorted(df[col].astype(str).unique())
+        # a method's name also selects all of its variants
+        kept = [r for r in rows if matches(r[col]) or (col == "method" and matches(r["method_name"]))]
+        if not kept:
+            present = _values(rows, col)
             raise UeobenchError(f"no records match {col} '{pattern}'" + (f" (have: {', '.join(present)})" if present else ""))
-        df = df[keep]
-    return df
+        rows = kept
+    return rows
 
 
 def build_tables(
@@ -159,21 +161,22 @@ def build_tables(
     if rows == cols:
         raise UeobenchError("--rows and --cols must differ")
     df, left_out = records_frame(results, score, rule, code)
-    if df.empty:
+    if not df:
         if left_out:
             raise UeobenchError(f"all {left_out} finished runs under {Path(results) / 'runs'} were made by other code "
                                 f"than the installed one; rerun them, or show them with --code all")
         raise UeobenchError(f"no finished runs under {Path(results) / 'runs'}; start one with ueobench run")
-    df = _filter(df[df["split"] == split], filters or {})
-    if df.empty:
+    df = _filter([r for r in df if r["split"] == split], filters or {})
+    if not df:
         raise UeobenchError(f"no records for split '{split}'")
-    df = df.assign(method=df["method"].where(~df["oracle"], df["method"] + ORACLE_SUFFIX))
+    df = [{**r, "method": r["method"] + ORACLE_SUFFIX} if r["oracle"] else r for r in df]
     hidden = [a for a in AXES if a not in (rows, cols)]
-    group_axes = [a for a in hidden if a != "domain" and df[a].nunique() > 1]
+    group_axes = [a for a in hidden if a != "domain" and len(_values(df, a)) > 1]
     tables = []
-    groups = df.groupby(group_axes, sort=True) if group_axes else [((), df)]
-    for key, part in groups:
-        key = key if isinstance(key, tuple) else (key,)
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in df:
+        groups.setdefault(tuple(str(r[a]) for a in group_axes), []).append(r)
+    for key, part in sorted(groups.items()):
         t = _one_table(part, metrics, rows, cols, hidden, seeds, score, rule, average, rank_oracle, error)
         t.meta["group"] = {AXIS_ALIASES_OUT.get(a, a): str(v) for a, v in zip(group_axes, key)}
         t.meta["other_code_left_out"] = left_out
@@ -198,28 +201,31 @@ def build_table(results: str | Path = "results", metrics: list[str] | None = Non
     return tables[0]
 
 
-def _one_table(df: pd.DataFrame, metrics: list[str], rows: str, cols: str, hidden: list[str], seeds: int | None,
+def _one_table(df: list[dict[str, Any]], metrics: list[str], rows: str, cols: str, hidden: list[str], seeds: int | None,
                score: str | None, rule: str | None, average: bool, rank_oracle: bool, error: str) -> Table:
-    averaged = [a for a in hidden if df[a].nunique() > 1]
+    averaged = [a for a in hidden if len(_values(df, a)) > 1]
     # one value per seed: the mean over the averaged axes; then mean, spread and count over seeds. A cell is
     # complete when it has every averaged combination its column has (judged within the column, so a shift or
     # dataset with fewer domains never voids another's cells)
-    per_seed = df.groupby([rows, cols, "seed"], dropna=False)[metrics].mean()
-    combos = df.groupby([rows, cols, "seed"])[averaged].apply(lambda g: set(map(tuple, g.to_numpy()))) if averaged else None
-    expected = df.groupby(cols)[averaged].apply(lambda g: set(map(tuple, g.to_numpy()))) if averaged else None
-    row_labels = sorted(df[rows].astype(str).unique(), key=str.lower)
-    col_labels = sorted(df[cols].astype(str).unique(), key=str.lower)
+    by_seed: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+    expected: dict[str, set[tuple]] = {}
+    for r in df:
+        by_seed.setdefault((str(r[rows]), str(r[cols]), r["seed"]), []).append(r)
+        expected.setdefault(str(r[cols]), set()).add(tuple(str(r[a]) for a in averaged))
+    row_labels = sorted(_values(df, rows), key=str.lower)
+    col_labels = sorted(_values(df, cols), key=str.lower)
     oracle_rows = {r for r in row_labels if r.endswith(ORACLE_SUFFIX)} if rows == "method" else set()
     oracle_cols = {c for c in col_labels if c.endswith(ORACLE_SUFFIX)} if cols == "method" else set()
-    cells: dict[tuple[str, str, str], Cell] = {}
-    for (r, c), grp in per_seed.groupby(level=[0, 1]):
-        if averaged:
-            complete = [combos.loc[(r, c, sd)] >= expected.loc[c] for sd in grp.index.get_level_values(2)]
-        else:
-            complete = [True] * len(grp)
+    per_cell: dict[tuple[str, str, str], list[float]] = {}
+    for (r, c, _seed), group in sorted(by_seed.items(), key=lambda kv: str(kv[0])):
+        complete = {tuple(str(x[a]) for a in averaged) for x in group} >= expected[c]
         for m in metrics:
-            vals = grp[m][complete].dropna().to_numpy(dtype=float)
-            cells[(str(r), str(c), m)] = _cell(vals, seeds, error)
+            vals = [x[m] for x in group if x[m] is not None]
+            if complete and vals and len(vals) == len(group):
+                per_cell.setdefault((r, c, m), []).append(float(np.mean(vals)))
+            else:
+                per_cell.setdefault((r, c, m), [])
+    cells: dict[tuple[str, str, str], Cell] = {k: _cell(np.array(v, dtype=float), seeds, error) for k, v in per_cell.items()}
     if average and len(col_labels) > 1 and cols != "method":
         for r in row_labels:
             for m in metrics:
@@ -233,9 +239,9 @@ def _one_table(df: pd.DataFrame, metrics: list[str], rows: str, cols: str, hidde
         _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_rows, along="rows")
     elif cols == "method":
         _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_cols, along="cols")
-    meta = {"rows": rows, "cols": cols, "metrics": metrics, "split": df["split"].iloc[0], "averaged_over": averaged,
+    meta = {"rows": rows, "cols": cols, "metrics": metrics, "split": df[0]["split"], "averaged_over": averaged,
             "seeds_expected": seeds, "score": score, "rule": rule, "error": error, "ranked": "method" in (rows, cols),
-            **{a: sorted(df[a].astype(str).unique()) for a in hidden if df[a].nunique() == 1}}
+            **{a: _values(df, a) for a in hidden if len(_values(df, a)) == 1}}
     return Table(row_labels, col_labels, metrics, cells, meta, oracle_rows | oracle_cols)
 
 
@@ -278,8 +284,10 @@ def _rank(cells, rows, cols, metrics, exclude: set[str], along: str) -> None:
 REFERENCE_COLUMNS = ("dataset", "protocol", "domain", "backbone", "method", "metric", "value", "citation")
 
 
-def read_reference(path: str | Path) -> pd.DataFrame:
-    """Load and validate a file of published numbers (CSV, see ``reference/README.md``)."""
+def read_reference(path: str | Path) -> Any:
+    """Load and validate a file of published numbers (CSV, see ``reference/README.md``) as a DataFrame."""
+    import pandas as pd
+
     from .protocols import SHIFTS, load_protocol
 
     p = Path(path)
@@ -317,11 +325,11 @@ def read_reference(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def attach_reference(table: Table, df: pd.DataFrame, path: str | Path) -> None:
+def attach_reference(table: Table, df: list[dict[str, Any]], path: str | Path) -> None:
     ref = read_reference(path)
     rows, cols = table.meta["rows"], table.meta["cols"]
     key_of = {"shift": "protocol", "domain": "domain_key"}
-    fixed = {a: df[a].iloc[0] for a in AXES if a not in (rows, cols) and df[a].nunique() == 1}
+    fixed = {a: df[0][a] for a in AXES if a not in (rows, cols) and len(_values(df, a)) == 1}
     for a, v in fixed.items():
         ref = ref[ref[key_of.get(a, a)] == v]
     for _, r in ref.iterrows():

@@ -23,6 +23,7 @@ built-in ``methods/`` folder, and folders given with ``--plugins``. Core code ne
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import pkgutil
@@ -38,14 +39,43 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from .errors import UeobenchError
+from .plugins import ENTRY_POINT_GROUP, PLUGIN_DIRS, add_plugin_folder, plugin_files  # noqa: F401 (re-exported)
 from .registry import Registry, suggest
 
-ENTRY_POINT_GROUP = "ueobench.methods"
 
 
 @dataclass
 class Options:
-    """Base of every method's hyperparameters. Subclass it as a dataclass with typed defaults."""
+    """Base of every method's hyperparameters. Subclass it as a dataclass with typed defaults; declare each
+    with ``option(default, "help", min=..., max=..., choices=...)`` so ``show method`` can explain it and
+    ``--set`` values out of range are refused before any model or data is loaded."""
+
+
+def option(default: Any, help: str = "", *, min: float | None = None, max: float | None = None,
+           min_exclusive: bool = False, choices: tuple[Any, ...] | None = None) -> Any:
+    """A dataclass field with its one-line help and its valid range (inclusive unless ``min_exclusive``)."""
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "choices": choices}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def check_option(method: str, f: dataclasses.Field, value: Any) -> None:
+    """Range, choice and finiteness checks of one option value; raises a one-line UeobenchError."""
+    import math
+
+    meta = f.metadata or {}
+    where = f"{method} option '{f.name}'"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UeobenchError(f"bad value for {where}: {value} is not a finite number")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise UeobenchError(f"bad value for {where}: {value!r}; choose from {', '.join(map(str, choices))}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+            bound = f"greater than {lo}" if meta.get("min_exclusive") else f"at least {lo}"
+            raise UeobenchError(f"bad value for {where}: {value}; it must be {bound}")
+        if hi is not None and value > hi:
+            raise UeobenchError(f"bad value for {where}: {value}; it must be at most {hi}")
 
 
 @dataclass
@@ -183,9 +213,12 @@ def build_options(method_cls: type[Method], overrides: dict[str, str] | None, da
             )
         try:
             kwargs[key] = _coerce(str(raw), hints[key], key)
-        except ValueError as e:
+        except (ValueError, OverflowError) as e:
             raise UeobenchError(f"bad value for {method_cls.name} option '{key}': {e}") from None
-    return opts_cls(**kwargs)
+    options = opts_cls(**kwargs)
+    for f in fields(opts_cls):
+        check_option(method_cls.name, f, getattr(options, f.name))
+    return options
 
 
 def options_dict(options: Any) -> dict[str, Any]:
@@ -199,31 +232,29 @@ def implements(method: Method, hook: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- registry
 
-_plugin_dirs: list[Path] = []
-
-
 def _load_plugins() -> None:
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             ep.load()
+        except UeobenchError:
+            raise
         except Exception as e:  # noqa: BLE001 - one broken plugin must not break every command
             warnings.warn(f"method plugin '{ep.name}' ({ep.value}) failed to load: {e}", stacklevel=2)
     import ueobench.methods as builtin  # the methods/ folder: a dropped-in file appears without reinstalling
 
     for info in pkgutil.iter_modules(builtin.__path__):
         importlib.import_module(f"ueobench.methods.{info.name}")
-    for d in _plugin_dirs:
+    for d in PLUGIN_DIRS:
         _load_folder(d)
 
 
 def _load_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise UeobenchError(f"plugin folder {folder} does not exist")
-    for f in sorted(folder.glob("*.py")):
-        if f.name.startswith("_"):
-            continue
-        mod_name = f"ueobench_plugins.{f.stem}"
-        if mod_name in sys.modules and getattr(sys.modules[mod_name], "__file__", None) == str(f):
+    for f in plugin_files(folder):
+        key = hashlib.sha256(str(f).encode()).hexdigest()[:8]
+        mod_name = f"ueobench_plugins.{f.stem}_{key}"  # one module per file: same-named files in two folders differ
+        if mod_name in sys.modules:
             continue
         spec = importlib.util.spec_from_file_location(mod_name, f)
         assert spec and spec.loader
@@ -232,22 +263,15 @@ def _load_folder(folder: Path) -> None:
         try:
             spec.loader.exec_module(module)
         except UeobenchError:
-            raise
-        except Exception as e:  # noqa: BLE001
             del sys.modules[mod_name]
-            raise UeobenchError(f"plugin {f} failed to load ({type(e).__name__}: {e})") from None
+            raise
+        except BaseException as e:  # noqa: BLE001 - SystemExit included: a plugin never ends the CLI silently
+            del sys.modules[mod_name]
+            what = f"called sys.exit({e.code})" if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+            raise UeobenchError(f"plugin {f} failed to load ({what})") from None
 
 
 METHODS: Registry[type[Method]] = Registry("method", loader=_load_plugins)
-
-
-def add_plugin_folder(folder: str | Path) -> None:
-    """Load method plugins from a folder the user names explicitly (``--plugins``)."""
-    p = Path(folder).expanduser().resolve()
-    if p not in _plugin_dirs:
-        _plugin_dirs.append(p)
-        if METHODS._loaded:
-            _load_folder(p)
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -267,7 +291,8 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
                     f"{', '.join(bad)}{suggest(bad[0], sorted(valid))}"
                 )
         cls.name = name
-        METHODS.register(name, cls, origin=cls.__module__)
+        module = sys.modules.get(cls.__module__)
+        METHODS.register(name, cls, origin=getattr(module, "__file__", None) or cls.__module__)
         return cls
 
     return deco

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from .scores import DEFAULT_RULE, accept_known, compute_score
+from .scores import DEFAULT_RULE, accept_known, compute_score, softmax
 
 #: every metric a record holds, in display order; CORE_METRICS is the short list a run prints
 METRICS = ("acc", "gacc", "auroc", "fpr95", "hscore", "os_star", "unknown_recall", "aupr_in", "aupr_out", "ece")
@@ -98,8 +98,6 @@ def evaluate(
     out["fpr95"] = fpr_at_95_tpr(known, s) if both else None
     out["aupr_in"] = float(average_precision_score(known.astype(int), s)) if both else None
     out["aupr_out"] = float(average_precision_score((~known).astype(int), -s)) if both else None
-    from scipy.special import softmax
-
     conf = softmax(cos[known] * logit_scale, axis=1).max(1) if n_known else np.zeros(0)
     out["ece"] = expected_calibration_error(conf, correct[known]) if n_known else None
     accept = accept_known(cos, logit_scale, rule)

@@ -211,6 +211,12 @@ def resolve_dataset(domain: str, dataset: str | None, data_root: str | None):
         raise UeobenchError(f"unknown domain '{domain}'{suggest(domain, all_domains)}")
     configured = [p for p in having if data_mod.is_available(p, data_root)]
     if len(configured) == 1:
+        if len(having) > 1:
+            import warnings
+
+            others = ", ".join(p.name for p in having if p is not configured[0])
+            warnings.warn(f"domain '{domain}' is also in {others} (no data configured); using dataset "
+                          f"'{configured[0].name}'; pass --dataset to pick another", stacklevel=2)
         return configured[0]
     if len(configured) > 1:
         names = ", ".join(p.name for p in configured)

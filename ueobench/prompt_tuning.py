@@ -14,7 +14,7 @@ import torch
 
 from .clip_ops import encode_images
 from .errors import UeobenchError
-from .method import AdaptContext, Method, Options
+from .method import AdaptContext, Method, Options, option
 from .prompt_learner import PromptLearner
 from .trainer import TrainSpec, fit
 from .transforms import random_resized_crop
@@ -25,16 +25,17 @@ TUNE = ("both", "prompt", "norm")
 
 @dataclass
 class PromptTuningOptions(Options):
-    tune: str = "both"  # both | prompt | norm
-    norm_rule: str = "name"  # name: the reference's 'bn'/'ln' substring rule; type: every norm module
-    n_ctx: int = 4
-    ctx_init: str = "a photo of a"  # "" for random init (std 0.02)
-    epochs: int = 50
-    batch_size: int = 64
-    lr_prompt: float = 1e-4
-    lr_norm: float = 1e-4
-    eval_every: int = 10  # evaluate test and target every N epochs (0: final only)
-    aug_scale_min: float = 0.5
+    tune: str = option("both", "what to tune: both, prompt or norm (visual norm affines)", choices=TUNE)
+    norm_rule: str = option("name", "name: the reference's 'bn'/'ln' substring rule; type: every norm module",
+                            choices=("name", "type"))
+    n_ctx: int = option(4, "context tokens of the prompt", min=1)
+    ctx_init: str = option("a photo of a", "phrase the context starts from; empty for random init (std 0.02)")
+    epochs: int = option(50, "passes over the adaptation data", min=1)
+    batch_size: int = option(64, "adaptation batch size", min=1)
+    lr_prompt: float = option(1e-4, "learning rate of the prompt", min=0)
+    lr_norm: float = option(1e-4, "learning rate of the norm affines", min=0)
+    eval_every: int = option(10, "evaluate test and target every N epochs (0: final only)", min=0)
+    aug_scale_min: float = option(0.5, "smallest RandomResizedCrop area fraction", min=0, max=1, min_exclusive=True)
 
 
 class PromptTuningMethod(Method):

@@ -55,16 +55,24 @@ def execute_planned(planned: PlannedRun, progress: Any = None, wait: bool = True
     check_writable(req.results)
     lock_file = claim_path(req.results, name)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
+    log = getattr(progress, "log", lambda message: None)
     with FileLock(str(lock_file), timeout=-1 if wait else 0):
         if not req.force:  # an identical run may have finished while we waited for its claim
             existing = find_record(req.results, name)
             if existing is not None:
                 return RunResult(existing, runs_dir(req.results) / name, skipped=True)
+        p = planned.plan
+        log(f"run {name}: started ({planned.label}, {p.dataset}/{p.shift}/{p.domain}, {p.backbone}, seed {p.seed})")
         try:
-            return _execute(planned, progress)
+            result = _execute(planned, progress)
         except Exception as e:  # KeyboardInterrupt and kills leave the run simply not done
-            record_failure(req.results, name, e, asdict(req))
+            path = record_failure(req.results, name, e, asdict(req))
+            log(f"run {name}: failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (record: {path})")
             raise
+        m = result.record.metrics.get("test", {})
+        shown = " ".join(f"{k} {100 * m[k]:.1f}" for k in ("acc", "auroc", "hscore") if m.get(k) is not None)
+        log(f"run {name}: done in {result.record.raw['timings']['total_s']:.1f}s; test {shown}")
+        return result
 
 
 def _execute(planned: PlannedRun, progress: Any) -> RunResult:

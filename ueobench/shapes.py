@@ -22,8 +22,7 @@ PER_CLASS = {"train": 40, "test": 20}
 _SS = 2  # supersampling factor for anti-aliased edges
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("UEOBENCH_CACHE", Path.home() / ".cache" / "ueobench"))
+from .paths import cache_root  # noqa: E402,F401 (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------- geometry

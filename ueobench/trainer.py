@@ -130,7 +130,7 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
             if it == 2:
                 failpoint("training")
             if task is not None:
-                progress.advance(task)
+                progress.advance(task, loss=losses[-1])
         if not per_step:
             sched.step()
         entry: dict[str, Any] = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lrs}

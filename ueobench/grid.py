@@ -104,9 +104,14 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
     from .method import build_options, get_method
 
     declared = {m: {f.name for f in dc_fields(get_method(m).Options)} for m in spec.methods}
-    for key in spec.options:
+    axes = {k: [v.strip() for v in str(raw).split(",")] for k, raw in spec.options.items()}  # a=1,2: a grid axis
+    for key, values in axes.items():
         if not any(key in d for d in declared.values()):
-            build_options(get_method(spec.methods[0]), {key: spec.options[key]})  # raises with a suggestion
+            build_options(get_method(spec.methods[0]), {key: values[0]})  # raises with a suggestion
+        for m in spec.methods:  # every value is validated before anything runs
+            if key in declared[m]:
+                for v in values:
+                    build_options(get_method(m), {key: v})
     jobs = []
     for dataset in spec.datasets:
         proto = load_protocol(dataset)
@@ -114,11 +119,13 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
         for p in spec.protocols:
             proto.split(p)
         for backbone, method, shift, domain, seed in product(spec.backbones, spec.methods, spec.protocols, domains, spec.seeds):
-            jobs.append(RunRequest(
-                method=method, protocol=shift, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
-                options={k: v for k, v in spec.options.items() if k in declared[method]}, eval_batch_size=spec.eval_batch_size, device=spec.device,
-                data_root=spec.data_root, results=spec.results, score=spec.score, rule=spec.rule,
-            ))
+            keys = [k for k in axes if k in declared[method]]
+            for values in product(*(axes[k] for k in keys)):
+                jobs.append(RunRequest(
+                    method=method, protocol=shift, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
+                    options=dict(zip(keys, values)), eval_batch_size=spec.eval_batch_size, device=spec.device,
+                    data_root=spec.data_root, results=spec.results, score=spec.score, rule=spec.rule,
+                ))
     if not jobs:
         raise UeobenchError("the sweep expands to no runs")
     return jobs
@@ -237,13 +244,36 @@ def grid_status(results: str | Path, names: list[str]) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------- launchers
 
 
-def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, progress=None) -> dict[str, int]:
+def _finished_line(results: str | Path, name: str, what: str, i: int, n: int) -> str:
+    """One line per finished run, for logs: what happened, the run, its headline metrics or its failure."""
+    from .records import find_record
+
+    head = f"[{i}/{n}] {what:<17} {name}"
+    if what in ("done", "skipped"):
+        rec = find_record(results, name)
+        m = rec.metrics.get("test", {}) if rec is not None else {}
+        parts = [f"{k} {100 * m[k]:.1f}" for k in ("acc", "auroc", "hscore") if m.get(k) is not None]
+        return head + ("  test " + " ".join(parts) if parts else "")
+    if what == "failed":
+        path = failed_dir(results) / f"{name}.json"
+        try:
+            err = json.loads(path.read_text())["error"]
+        except (OSError, ValueError, KeyError):
+            err = "see the failure record"
+        return f"{head}  {err.splitlines()[0][:200]} ({path})"
+    return head
+
+
+def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, progress=None,
+              echo=None) -> dict[str, int]:
     outcome: dict[str, int] = {}
     task = progress.add_task("sweep", total=len(jobs)) if progress is not None else None
     planner = Planner()
-    for req, name in zip(jobs, names):
+    for i, (req, name) in enumerate(zip(jobs, names), 1):
         what = execute(req, name, retry_failed, force, planner)
         outcome[what] = outcome.get(what, 0) + 1
+        if echo is not None:
+            echo(_finished_line(req.results, name, what, i, len(jobs)))
         if task is not None:
             progress.advance(task)
     return outcome
@@ -251,7 +281,7 @@ def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, forc
 
 def worker_main(plan_path: str, retry_failed: bool = False, force: bool = False) -> dict[str, int]:
     """One worker process: go through the plan, claiming each job that is not done or taken."""
-    from .method import add_plugin_folder
+    from .plugins import add_plugin_folder
 
     spec, jobs, names = load_plan(plan_path)
     for folder in spec.plugins:
@@ -260,7 +290,7 @@ def worker_main(plan_path: str, retry_failed: bool = False, force: bool = False)
 
 
 def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names: list[str], results: str,
-                progress=None) -> list[int]:
+                progress=None, echo=None) -> list[int]:
     """N worker processes over one plan; on GPUs each is pinned to one device via CUDA_VISIBLE_DEVICES."""
     import torch
 
@@ -273,19 +303,28 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
         else:
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
         env["UEOBENCH_NO_PROGRESS"] = "1"
-        cmd = [sys.executable, "-m", "ueobench.sweep", str(plan_path)] + (["--retry-failed"] if retry_failed else []) + (
+        cmd = [sys.executable, "-m", "ueobench.grid", str(plan_path)] + (["--retry-failed"] if retry_failed else []) + (
             ["--force"] if force else [])
         procs.append(subprocess.Popen(cmd, env=env))
     task = progress.add_task(f"sweep ({n} workers)", total=len(names)) if progress is not None else None
-    while any(p.poll() is None for p in procs):
+    reported: set[str] = set()
+    while True:
+        alive = any(p.poll() is None for p in procs)
+        finished = [x for x in names if x not in reported and state(results, x) in ("done", "failed")]
+        for x in finished:
+            reported.add(x)
+            if echo is not None:
+                echo(_finished_line(results, x, state(results, x), len(reported), len(names)))
         if task is not None:
-            progress.update(task, completed=sum(state(results, x) in ("done", "failed") for x in names))
+            progress.update(task, completed=len(reported))
+        if not alive:
+            break
         time.sleep(1.0)
     return [p.returncode for p in procs]
 
 
 def _submitit_job(req_dict: dict[str, Any], name: str, retry_failed: bool, force: bool, plugins: list[str]) -> str:
-    from .method import add_plugin_folder
+    from .plugins import add_plugin_folder
 
     for folder in plugins:
         add_plugin_folder(folder)
@@ -316,5 +355,5 @@ def run_submitit(jobs: list[RunRequest], names: list[str], retry_failed: bool, f
     return [r.result() for r in submitted] if cluster == "local" else [s.job_id for s in submitted]
 
 
-if __name__ == "__main__":  # python -m ueobench.sweep PLAN [--retry-failed] [--force]: one worker
+if __name__ == "__main__":  # python -m ueobench.grid PLAN [--retry-failed] [--force]: one worker
     worker_main(sys.argv[1], "--retry-failed" in sys.argv, "--force" in sys.argv)

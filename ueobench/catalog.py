@@ -1,0 +1,166 @@
+"""What ``list`` and ``show`` print, without importing torch: a cache of the method and backbone catalogues.
+
+Describing a method needs its class, and importing a method module imports torch (seconds). The catalogue is
+therefore computed once, by importing, and cached in ``<cache>/catalog.json`` under a key made of the ueobench
+version, the open_clip version, and the hash of every file that can define a method or an option (the ueobench
+package and every plugin source). Any edit, install or ``--plugins`` folder changes the key and the next command
+recomputes it, so the catalogue is never stale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import sys
+import typing
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+CATALOG_VERSION = 1
+
+
+def _cache_file() -> Path:
+    from .paths import cache_root
+
+    return cache_root() / "catalog.json"
+
+
+def _digest(files: list[Path]) -> str:
+    from . import __version__
+
+    h = hashlib.sha256(f"catalog {CATALOG_VERSION} ueobench {__version__}\n".encode())
+    try:
+        h.update(f"open_clip {version('open_clip_torch')}\n".encode())
+    except PackageNotFoundError:
+        pass
+    for f in files:
+        try:
+            h.update(f"{f}\n".encode() + f.read_bytes())
+        except OSError:
+            h.update(f"{f} missing\n".encode())
+    return h.hexdigest()
+
+
+def _key() -> str:
+    from .plugins import method_sources
+
+    package = sorted(Path(__file__).parent.glob("*.py"))
+    return _digest(package + method_sources())
+
+
+def _load() -> dict[str, Any]:
+    try:
+        return json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _store(doc: dict[str, Any]) -> None:
+    from .records import atomic_write_text
+
+    path = _cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(doc, sort_keys=True))
+    except OSError:
+        pass  # a read-only cache only costs speed
+
+
+def _cached(section: str, compute) -> Any:
+    key = _key()
+    doc = _load()
+    entry = doc.get(section)
+    if isinstance(entry, dict) and entry.get("key") == key:
+        return entry["value"]
+    value = compute()
+    doc[section] = {"key": key, "value": value}
+    _store(doc)
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ methods
+
+
+def _option_help(options_cls: type) -> dict[str, str]:
+    """One-line help of each option: the comment after its field in the source of the class declaring it."""
+    import inspect
+
+    out: dict[str, str] = {}
+    for klass in reversed(options_cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for m in re.finditer(r"^\s+(\w+)\s*:[^=\n]*=[^#\n]*#\s*(.+)$", source, flags=re.M):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _type_name(t: Any) -> str:
+    return t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
+
+
+def describe(cls: type) -> dict[str, Any]:
+    """Everything ``show method`` prints about a registered method class."""
+    from .method import METHODS
+
+    module = sys.modules.get(cls.__module__)
+    doc = (module.__doc__ if module is not None and module.__doc__ else cls.__doc__ or "").strip()
+    hints = typing.get_type_hints(cls.Options)
+    helps = _option_help(cls.Options)
+    options = []
+    for f in dataclasses.fields(cls.Options):
+        meta = dict(f.metadata or {})
+        valid = {k: meta[k] for k in ("min", "max", "choices") if meta.get(k) is not None}
+        options.append({"name": f.name, "type": _type_name(hints.get(f.name, f.type)),
+                        "default": f.default if f.default is not dataclasses.MISSING else None,
+                        "help": meta.get("help") or helps.get(f.name, ""), **valid})
+    return {"name": cls.name, "summary": doc.splitlines()[0] if doc else "", "description": doc,
+            "adaptation": cls.adaptation, "oracle": cls.uses_target_labels, "origin": METHODS.origin(cls.name),
+            "options": options, "dataset_defaults": cls.dataset_defaults}
+
+
+def _compute_methods() -> dict[str, Any]:
+    from .method import METHODS
+
+    return {name: describe(METHODS.get(name)) for name in METHODS.names()}
+
+
+def methods() -> dict[str, dict[str, Any]]:
+    """name -> description of every method (from the cache when no source changed)."""
+    return _cached("methods", _compute_methods)
+
+
+def method(name: str) -> dict[str, Any]:
+    from .errors import UeobenchError
+    from .registry import suggest
+
+    table = methods()
+    if name not in table:
+        raise UeobenchError(f"unknown method '{name}'{suggest(name, list(table))}")
+    return table[name]
+
+
+# ---------------------------------------------------------------------------------------------- backbones
+
+
+def backbones() -> list[dict[str, str]]:
+    """Every backbone ueobench can build (``backbones.list_backbones``), cached per open_clip version."""
+    def compute():
+        from .backbones import list_backbones
+
+        return list_backbones()
+
+    return _cached("backbones", compute)
+
+
+def clear() -> None:
+    try:
+        os.unlink(_cache_file())
+    except OSError:
+        pass
