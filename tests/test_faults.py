@@ -237,3 +237,22 @@ def test_two_hundred_runs_across_eight_workers(tmp_path):
     assert sorted(p.name for p in visible_runs(tmp_path / "results")) == sorted(names)
     assert len(log.read_text().splitlines()) == 200
     assert_store_consistent(tmp_path / "results")
+
+
+def test_a_damaged_record_is_reported_redone_and_never_crashes_a_command(cli):
+    args = ["run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY]
+    assert cli(*args).exit_code == 0
+    [run] = visible_runs()
+    good = (run / "record.json").read_text()
+    for damage in (good[: len(good) // 2], json.dumps({**json.loads(good), "metrics": [1, 2]}),
+                   "[" * 100000, b"\xff\xfe".decode("latin-1")):
+        (run / "record.json").write_text(damage, encoding="utf-8")
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            assert "pending" in cli("status", "--method", "zeroshot", "--protocol", "oda", "--domain", "real",
+                                    "--backbone", TINY, "-v").output
+            t = cli("table")
+            assert t.exit_code == 2 and "no finished runs" in t.output  # left out, never a crash
+            r = cli(*args)
+        assert r.exit_code == 0 and ": done" in r.output, r.output  # redone, not "already exists"
+        assert json.loads((run / "record.json").read_text())["metrics"]["test"]["n"] > 0

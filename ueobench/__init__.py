@@ -17,7 +17,7 @@ _WHERE = {
     "Method": "ueobench.method", "Options": "ueobench.method", "AdaptContext": "ueobench.method",
     "register_method": "ueobench.method", "option": "ueobench.method",
     # the Python API: each CLI command is a thin wrapper over one of these
-    "run": "ueobench.api", "sweep": "ueobench.api", "status": "ueobench.api", "table": "ueobench.api",
+    "run": "ueobench.api", "sweep": "ueobench.api", "sweep_spec": "ueobench.api", "status": "ueobench.api", "table": "ueobench.api",
     "export": "ueobench.api", "show_protocol": "ueobench.api",
     "describe_method": "ueobench.api", "describe_methods": "ueobench.api", "check_data": "ueobench.api",
     "list_methods": "ueobench.api", "list_backbones": "ueobench.api", "list_datasets": "ueobench.api",

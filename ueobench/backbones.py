@@ -41,13 +41,9 @@ def register_model_configs() -> None:
 
 
 def weights_checksum(path: str | Path) -> str:
-    import hashlib
+    from .fingerprints import file_sha256
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def builtin_weights(arch: str, folder: Path | None = None) -> Path:

@@ -145,7 +145,8 @@ def _execute(planned: PlannedRun, progress: Any) -> RunResult:
         "peak_memory": peak_memory_mb(device),
         "environment": environment(device),
     }
-    path = write_run(req.results, name, record, preds, force=req.force)
+    damaged = (runs_dir(req.results) / name).exists()  # only a damaged record is there when we got this far
+    path = write_run(req.results, name, record, preds, force=req.force or damaged)
     (failed_dir(req.results) / f"{name}.json").unlink(missing_ok=True)
     rec = find_record(req.results, name)
     assert rec is not None
