@@ -13,7 +13,8 @@ from ueobench.method import AdaptContext, Method, Options, option, register_meth
 class ZeroShot(Method):
     @dataclass
     class Options(Options):
-        prompt: str | None = option(None, "prompt template with {} for the class name (default: the dataset's)")
+        prompt: str | None = option(None, "prompt template with {} for the class name (default: the dataset's)",
+                                    contains="{}")
 
     def setup(self, backbone, class_names: list[str], context: AdaptContext) -> None:
         super().setup(backbone, class_names, context)

@@ -62,6 +62,9 @@ def sweep(spec: Any, launcher: str = "local", workers: int = 1, retry_failed: bo
             echo(f"{st:<8} {n}  backbone={j.backbone or 'default'}")
         return {"key": spec.key(), "runs": len(jobs), "states": {s: states.count(s) for s in sw.STATES},
                 "outcome": {}, "workers_failed": 0, "dry_run": True}
+    from .records import check_writable
+
+    check_writable(spec.results)  # before the plan is written: a read-only, full or file-valued folder stops here
     plan = sw.save_plan(spec, jobs, names)
     outcome: dict[str, int] = {}
     failed_workers = 0

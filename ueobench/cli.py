@@ -193,15 +193,15 @@ def table(results: str, metrics: str, rows: str, cols: str, split: str, method, 
           seeds: int | None, score: str | None, rule: str | None, no_average: bool, rank_oracle: bool,
           reference: str | None, fmt: str, error: str, output: str | None, code: str) -> None:
     """Render a leaderboard from the stored runs."""
+    from pathlib import Path
+
+    if output and not Path(output).parent.is_dir():
+        raise UeobenchError(f"folder {Path(output).parent} does not exist; create it or pass another --output")
     text = api.table(results=results, metric=metrics, rows=rows, cols=cols, split=split, method=method,
                      dataset=dataset, protocol=protocol, domain=domain, backbone=backbone, seeds=seeds, score=score,
                      rule=rule, average=not no_average, rank_oracle=rank_oracle, reference=reference, fmt=fmt,
                      code=code, error=error)
     if output:
-        from pathlib import Path
-
-        if not Path(output).parent.is_dir():
-            raise UeobenchError(f"folder {Path(output).parent} does not exist; create it or pass another --output")
         Path(output).write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}", err=True)
     else:

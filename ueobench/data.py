@@ -68,13 +68,36 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB with the full range kept: 16-bit and 32-bit integer images are scaled to 8 bits (PIL's own convert
+    clips them, so a 16-bit PNG loads all white) and float images in [0, 1] are scaled by 255 (else all black)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            arr = arr * 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else arr
+        elif np.nanmax(arr, initial=0.0) > 255:
+            arr = arr / 257.0  # 16-bit to 8-bit
+        arr = np.nan_to_num(np.clip(arr, 0, 255)).round().astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return im.convert("RGB")
+
+
 def open_image(path: str | int) -> Image.Image:
+    import stat
+
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or stream forever
+            raise DataError(f"cannot read image {path}: not a regular file; list only image files")
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            return to_rgb(im)
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
-            f"cannot read image {path} ({e}); re-download or remove it (ueobench data check lists every unreadable file)"
+            f"cannot read image {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); re-download or "
+            f"remove it (ueobench data check lists every unreadable file)"
         ) from None
 
 
@@ -116,6 +139,8 @@ def read_image_list(path: Path, root: Path, num_classes: int) -> tuple[list[Entr
     for n, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        if "\x00" in line:
+            raise DataError(f"{path}:{n}: the line holds a NUL byte; list lines are 'relative/path label'")
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
             raise DataError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
@@ -137,7 +162,14 @@ def read_folder_tree(folder: Path, classes: Sequence[str]) -> list[Entry]:
     """``<folder>/<class folder>/<image>``; class folders are matched to protocol names by ``normalise_name``."""
     index = {normalise_name(c): i for i, c in enumerate(classes)}
     entries: list[Entry] = []
+    root = os.path.realpath(folder)
+
+    def inside(p: Path) -> bool:
+        return os.path.realpath(p).startswith(root + os.sep)
+
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not inside(sub):
+            raise DataError(f"{sub}: class folder is a link out of {folder}; folder trees may not leave their root")
         key = normalise_name(sub.name)
         if key not in index:
             raise DataError(
@@ -146,6 +178,8 @@ def read_folder_tree(folder: Path, classes: Sequence[str]) -> list[Entry]:
             )
         for f in sorted(sub.rglob("*")):
             if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                if not inside(f):
+                    raise DataError(f"{f}: image is a link out of {folder}; folder trees may not leave their root")
                 entries.append(Entry(str(f), index[key]))
     return entries
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,6 +23,7 @@ import torch
 from filelock import FileLock
 
 from .clip_ops import encode_images
+from .errors import UeobenchError
 from .data import ImageDataset
 from .records import canonical_json
 
@@ -84,7 +86,11 @@ class FeatureStore:
         if self.cache_dir is None:
             feats = self._compute(refs)
         else:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UeobenchError(f"feature cache {self.cache_dir} is not a usable folder ({e.strerror}); set "
+                                    f"UEOBENCH_FEATURE_CACHE or UEOBENCH_CACHE to a folder, or pass --no-cache") from None
             path = self.cache_dir / f"{kid}.npz"
             with FileLock(str(path) + ".lock"):
                 feats = self._load(path, key)
@@ -104,8 +110,8 @@ class FeatureStore:
                 if json.loads(str(z["key"])) != key:
                     return None  # a hash-prefix collision or an older format: never reuse
                 return z["features"]
-        except (OSError, ValueError, KeyError):
-            return None  # unreadable entry: recompute and overwrite
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # unreadable or truncated entry: recompute and overwrite
 
     def _store(self, path: Path, key: dict[str, Any], feats: np.ndarray) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

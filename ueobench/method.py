@@ -52,9 +52,11 @@ class Options:
 
 
 def option(default: Any, help: str = "", *, min: float | None = None, max: float | None = None,
-           min_exclusive: bool = False, choices: tuple[Any, ...] | None = None) -> Any:
-    """A dataclass field with its one-line help and its valid range (inclusive unless ``min_exclusive``)."""
-    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "choices": choices}
+           min_exclusive: bool = False, choices: tuple[Any, ...] | None = None, contains: str | None = None) -> Any:
+    """A dataclass field with its one-line help and its valid values: a range (inclusive unless
+    ``min_exclusive``), a set of ``choices``, or a text it must ``contain`` (a prompt template's ``{}``)."""
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "choices": choices,
+            "contains": contains}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -66,6 +68,9 @@ def check_option(method: str, f: dataclasses.Field, value: Any) -> None:
     where = f"{method} option '{f.name}'"
     if isinstance(value, float) and not math.isfinite(value):
         raise UeobenchError(f"bad value for {where}: {value} is not a finite number")
+    if meta.get("contains") and isinstance(value, str) and meta["contains"] not in value:
+        raise UeobenchError(f"bad value for {where}: {value!r} must contain {meta['contains']} "
+                            f"(e.g. 'a photo of a {{}}.')")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise UeobenchError(f"bad value for {where}: {value!r}; choose from {', '.join(map(str, choices))}")

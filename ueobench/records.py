@@ -207,10 +207,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def share_like_the_umask(path: str | Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the file the mode an ordinary create would (0666/0777 minus the
+    umask), so a group can share a results folder."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a small file so that readers see the old content or the new, never a mix."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    share_like_the_umask(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -228,6 +241,7 @@ def write_run(results: str | Path, name: str, record: dict[str, Any], arrays: di
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    share_like_the_umask(tmp, directory=True)
     try:
         with open(tmp / PREDICTIONS, "wb") as f:
             np.savez(f, **arrays)

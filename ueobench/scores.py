@@ -103,6 +103,8 @@ def accept_known(cos: np.ndarray, logit_scale: float, rule: str = DEFAULT_RULE) 
             tau = float(rule[5:])
         except ValueError:
             raise UeobenchError(f"bad threshold rule '{rule}'; use nent:TAU (e.g. nent:0.5) or kmeans2") from None
+        if not 0.0 <= tau <= 1.0:  # nan fails this too
+            raise UeobenchError(f"bad threshold rule '{rule}': TAU is a normalised entropy in [0, 1], e.g. nent:0.5")
         return ent < tau
     if rule == "kmeans2":
         from sklearn.cluster import KMeans

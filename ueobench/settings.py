@@ -57,8 +57,8 @@ def read_config(cwd: Path | None = None) -> tuple[dict[str, Any], Path | None]:
         return {}, None
     try:
         return tomllib.loads(path.read_text(encoding="utf-8")), path
-    except (tomllib.TOMLDecodeError, OSError) as e:
-        raise UeobenchError(f"{path}: cannot parse ({e}); fix the file or remove it") from None
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
+        raise UeobenchError(f"{path}: cannot parse ({str(e).splitlines()[0]}); fix the file or remove it") from None
 
 
 def data_root(cli_value: str | None = None) -> tuple[Path | None, str]:
@@ -85,6 +85,10 @@ def dataset_settings(dataset: str) -> DatasetSettings:
     bad = sorted(set(section) - known)
     if bad:
         raise UeobenchError(f"{path}: [datasets.{dataset}] has unknown key(s) {bad}; allowed: {sorted(known)}")
+    for f in fields(DatasetSettings):
+        if f.name in section and not isinstance(section[f.name], str):
+            raise UeobenchError(f"{path}: [datasets.{dataset}].{f.name} must be a string, got "
+                                f"{type(section[f.name]).__name__}")
     s = DatasetSettings(**section)
     if s.source not in SOURCES:
         raise UeobenchError(f"{path}: [datasets.{dataset}].source must be one of {', '.join(SOURCES)}")
