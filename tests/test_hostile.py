@@ -15,9 +15,10 @@ from PIL import Image
 
 from conftest import TINY, make_toy_tree
 from ueobench.data import open_image, read_folder_tree, read_image_list
-from ueobench.errors import DataError
+from ueobench.errors import DataError, UeobenchError
 
 RUN = ["run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY]
+FUZZ = int(os.environ.get("UEOBENCH_FUZZ_EXAMPLES", "30"))  # examples per generated-input test; -m slow: 1000
 
 
 def one_line_error(r) -> str:
@@ -140,7 +141,7 @@ def test_plugin_clash_and_exit_name_the_files(cli, tmp_path):
 names = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=FUZZ, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(line=st.text(max_size=60))
 def test_any_list_line_reads_or_fails_with_one_data_error(tmp_path_factory, line):
     d = tmp_path_factory.mktemp("lists")
@@ -157,7 +158,7 @@ def test_any_list_line_reads_or_fails_with_one_data_error(tmp_path_factory, line
         assert e.ref.startswith(os.path.realpath(d) + os.sep) and 0 <= e.label < 6
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=FUZZ, deadline=None)
 @given(name=names)
 def test_any_name_is_escaped_in_every_format(tmp_path_factory, name):
     from test_leaderboard import fake_run
@@ -177,3 +178,120 @@ def test_any_name_is_escaped_in_every_format(tmp_path_factory, name):
     for cell in render(t, "csv").splitlines()[1].split(","):
         assert not cell.startswith(("=", "+", "@"))
     json.loads(render(t, "json"))
+
+
+def test_protocol_paths_stay_inside_the_data_root(cli, tmp_path):
+    from conftest import toy_protocol
+
+    proto = toy_protocol(tmp_path)
+    doc = json.loads(proto.read_text())
+    for key, value in (("adapt", "../../etc/passwd"), ("folder", "/etc"), ("test", "a/../../b.txt")):
+        bad = json.loads(json.dumps(doc))
+        bad["domains"][0][key] = value
+        f = tmp_path / f"bad_{key}.json"
+        f.write_text(json.dumps(bad))
+        line = one_line_error(cli("show", "protocol", str(f), "opda"))
+        assert f"domains[0].{key}: must be a path relative to the data root" in line
+
+
+def test_table_with_unreadable_predictions_leaves_the_run_out_and_says_so(cli):
+    assert cli(*RUN).exit_code == 0
+    assert cli("run", "--method", "zeroshot", "--protocol", "oda", "--domain", "clipart", "--dataset", "shapes",
+               "--backbone", TINY).exit_code == 0
+    [victim] = [p for p in Path("results/runs").iterdir() if "_real_" in p.name]
+    (victim / "predictions.npz").write_bytes(b"not a zip")
+    r = cli("table", "--score", "energy")
+    assert r.exit_code == 0 and "1 unreadable run left out" in r.output and "clipart" in r.output
+    (victim / "record.json").write_text("{")
+    r = cli("table")
+    assert r.exit_code == 0 and "1 unreadable run left out" in r.output
+
+
+def test_identical_runs_started_at_once_compute_once(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "ueobench.cli", *RUN], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    states = [o[0] for o in outs]
+    assert sum(": done" in s for s in states) == 1 and sum("already done, reused" in s for s in states) == 3
+    assert not Path("results/failed").exists() or not any(Path("results/failed").iterdir())
+    assert len(list(Path("results/runs").iterdir())) == 1
+
+
+@settings(max_examples=FUZZ, deadline=None)
+@given(value=st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                       st.integers(min_value=-2**70, max_value=2**70).map(str)))
+def test_any_option_value_is_accepted_in_range_or_refused_with_one_error(value):
+    from ueobench.method import build_options, get_method
+
+    for key in ("epochs", "lr_prompt", "aug_scale_min", "tune", "ctx_init"):
+        try:
+            opts = build_options(get_method("ueo"), {key: value})
+        except UeobenchError as e:
+            assert "\n" not in str(e) and key in str(e)
+            continue
+        v = getattr(opts, key)
+        if key == "epochs":
+            assert isinstance(v, int) and v >= 1
+        elif key in ("lr_prompt", "aug_scale_min"):
+            assert np.isfinite(v) and v >= 0 and (key != "aug_scale_min" or 0 < v <= 1)
+        elif key == "tune":
+            assert v in ("both", "prompt", "norm")
+
+
+@settings(max_examples=FUZZ, deadline=None)
+@given(doc=st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                        max_leaves=20))
+def test_any_record_content_is_read_or_refused_as_a_record_error(doc):
+    from ueobench.records import NewerSchema, RecordError, parse_record
+
+    for candidate in (doc, {"schema": 2, "config": doc, "run_id": "x", "method": doc, "metrics": doc}):
+        try:
+            rec = parse_record(candidate)
+        except (RecordError, NewerSchema):
+            continue
+        assert isinstance(rec.run_id, str) and all(isinstance(v, dict) for v in rec.metrics.values())
+
+
+@settings(max_examples=FUZZ, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=80))
+def test_any_config_file_is_read_or_refused_with_one_error(tmp_path_factory, text):
+    from ueobench import settings as settings_mod
+
+    d = tmp_path_factory.mktemp("cfg")
+    (d / "ueobench.toml").write_text(text, encoding="utf-8", errors="replace")
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        try:
+            settings_mod.data_root(None)
+            settings_mod.dataset_settings("shapes")
+        except UeobenchError as e:
+            assert "ueobench.toml" in str(e)
+    finally:
+        os.chdir(cwd)
+
+
+def test_a_cache_that_is_a_file_is_one_clear_error(cli, tmp_path, monkeypatch):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("UEOBENCH_CACHE", str(blocker))
+    line = one_line_error(cli(*RUN, "--dataset", "shapes"))
+    assert "set UEOBENCH_CACHE to a writable folder" in line or "is not a usable folder" in line
+
+
+@pytest.mark.slow
+def test_long_fuzzing_run():
+    """The generated-input tests above with 1,000 examples each (opt-in: pytest -m slow)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "UEOBENCH_FUZZ_EXAMPLES": "1000"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "any_",
+                          "-m", "not slow"], env=env, capture_output=True, text=True, timeout=3000)
+    assert out.returncode == 0, out.stdout[-3000:]

@@ -274,7 +274,13 @@ def dataset_root(protocol: Protocol, data_root: str | None = None, progress: Any
     """The folder of one dataset; the built-in ``shapes`` is generated into the cache on first use."""
     if protocol.builtin == "shapes":
         doms = [(d.name, d.folder, d.adapt, d.test) for d in protocol.domains]
-        return shapes.generate(list(protocol.classes), doms, progress=progress)
+        try:
+            return shapes.generate(list(protocol.classes), doms, progress=progress)
+        except OSError as e:
+            from .paths import cache_root
+
+            raise UeobenchError(f"cannot write the built-in dataset under {cache_root()} ({e.strerror}); set "
+                                f"UEOBENCH_CACHE to a writable folder") from None
     cfg = settings.dataset_settings(protocol.name)
     if cfg.root:
         return Path(cfg.root).expanduser()

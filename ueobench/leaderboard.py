@@ -44,9 +44,10 @@ CODE_CHOICES = ("current", "all")
 
 
 def records_frame(results: str | Path, score: str | None = None, rule: str | None = None,
-                  code: str = "current") -> tuple[list[dict[str, Any]], int]:
+                  code: str = "current") -> tuple[list[dict[str, Any]], int, int]:
     """One row per (run, split) with identity columns and metrics (percent), optionally recomputed, and the
-    number of runs left out because they were made by other code than the installed one (``code="current"``).
+    number of runs left out because they were made by other code than the installed one (``code="current"``)
+    and because their record or saved predictions could not be read.
 
     Row labels come from the records themselves (``method.label``), never from the plugins loaded now. With
     ``code="all"``, runs of other code keep their own rows, marked with their code fingerprint."""
@@ -56,7 +57,8 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
         raise UeobenchError(f"unknown --code '{code}'; use current or all")
     rows: list[dict[str, Any]] = []
     left_out = 0
-    for rec in iter_records(results):
+    unreadable: list[str] = []
+    for rec in iter_records(results, unreadable):
         label = rec.label
         if code_status(rec.code) == "changed":
             if code == "current":
@@ -65,12 +67,27 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
             label = f"{label} [code {rec.code_fingerprint[-8:] if rec.code_fingerprint else 'v1'}]"
         recompute = (score and score != rec.score) or (rule and rule != rec.rule)
         if recompute:
-            preds = load_predictions(rec.path)
-            scale = float(preds["logit_scale"])
+            try:
+                preds = load_predictions(rec.path)
+                scale = float(preds["logit_scale"])
+                missing = [k for sp in rec.metrics for k in (f"{sp}_logits", f"{sp}_labels") if k not in preds]
+                if missing:
+                    raise KeyError(", ".join(missing))
+            except (OSError, ValueError, KeyError, EOFError, TypeError) as e:
+                import warnings
+
+                warnings.warn(f"skipping {rec.path}: its saved predictions cannot be read ({e}); rerun it with "
+                              f"--force to recompute scores", stacklevel=2)
+                unreadable.append(str(rec.path))
+                continue
         for split, m in sorted(rec.metrics.items()):
             if recompute:
-                m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec.num_known,
-                             logit_scale=scale, score=score or rec.score, rule=rule or rec.rule)
+                try:
+                    m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec.num_known,
+                                 logit_scale=scale, score=score or rec.score, rule=rule or rec.rule)
+                except ValueError as e:
+                    raise UeobenchError(f"{rec.path}: saved predictions do not match the record ({e}); rerun it "
+                                        f"with --force") from None
             row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
                    "seed": rec.seed, "method_name": rec.method, "method": label, "split": split,
                    "oracle": rec.oracle, "run_id": rec.run_id}
@@ -78,7 +95,7 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 v = m.get(k)
                 row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
             rows.append(row)
-    return rows, left_out
+    return rows, left_out, len(unreadable)
 
 
 def _values(rows: list[dict[str, Any]], key: str) -> list[str]:
@@ -160,7 +177,7 @@ def build_tables(
     rows, cols = _axis(rows), _axis(cols)
     if rows == cols:
         raise UeobenchError("--rows and --cols must differ")
-    df, left_out = records_frame(results, score, rule, code)
+    df, left_out, unreadable = records_frame(results, score, rule, code)
     if not df:
         if left_out:
             raise UeobenchError(f"all {left_out} finished runs under {Path(results) / 'runs'} were made by other code "
@@ -180,6 +197,7 @@ def build_tables(
         t = _one_table(part, metrics, rows, cols, hidden, seeds, score, rule, average, rank_oracle, error)
         t.meta["group"] = {AXIS_ALIASES_OUT.get(a, a): str(v) for a, v in zip(group_axes, key)}
         t.meta["other_code_left_out"] = left_out
+        t.meta["unreadable_left_out"] = unreadable
         if reference:
             attach_reference(t, part, reference)
         tables.append(t)
@@ -381,6 +399,9 @@ def caption(t: Table) -> str:
         who = "rows" if m["rows"] == "method" else "columns"
         parts.append("best method in bold, second underlined" +
                      (f"; oracle {who} (target labels) unranked" if t.oracle_rows else ""))
+    if m.get("unreadable_left_out"):
+        n = m["unreadable_left_out"]
+        parts.append(f"{n} unreadable run{'s' if n != 1 else ''} left out (named in the warnings; rerun to redo)")
     if m.get("other_code_left_out"):
         n = m["other_code_left_out"]
         parts.append(f"{n} run{'s' if n != 1 else ''} made by other code left out (--code all shows them)")

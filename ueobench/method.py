@@ -68,9 +68,16 @@ def check_option(method: str, f: dataclasses.Field, value: Any) -> None:
     where = f"{method} option '{f.name}'"
     if isinstance(value, float) and not math.isfinite(value):
         raise UeobenchError(f"bad value for {where}: {value} is not a finite number")
-    if meta.get("contains") and isinstance(value, str) and meta["contains"] not in value:
-        raise UeobenchError(f"bad value for {where}: {value!r} must contain {meta['contains']} "
-                            f"(e.g. 'a photo of a {{}}.')")
+    if meta.get("contains") and isinstance(value, str):
+        ok = meta["contains"] in value
+        if ok and meta["contains"] == "{}":  # a template: it must format with one class name, nothing else
+            try:
+                value.format("x")
+            except (IndexError, KeyError, ValueError):
+                ok = False
+        if not ok:
+            raise UeobenchError(f"bad value for {where}: {value!r} must contain {meta['contains']} and nothing "
+                                f"else in braces (e.g. 'a photo of a {{}}.')")
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         raise UeobenchError(f"bad value for {where}: {value!r}; choose from {', '.join(map(str, choices))}")

@@ -123,6 +123,15 @@ class Protocol:
 # ----------------------------------------------------------------------------------------------- parsing
 
 
+def _relative_inside(value: str, where: str) -> None:
+    """Folders and lists are paths relative to the data root that stay inside it (no absolute path, no '..')."""
+    import posixpath
+
+    parts = value.replace("\\", "/")
+    if not parts or parts.startswith("/") or ".." in posixpath.normpath(parts).split("/") or "\x00" in parts:
+        raise ProtocolError(f"{where}: must be a path relative to the data root that stays inside it")
+
+
 def _expand(value: Any, n: int, where: str) -> tuple[int, ...]:
     """Expand "all" or a list of inclusive [start, end] ranges into sorted unique class indices."""
     if value == "all":
@@ -186,7 +195,10 @@ def parse_protocol(text: str, path: str) -> Protocol:
         w = f"{path}.domains[{i}]"
         if not isinstance(rd, dict):
             raise ProtocolError(f"{w}: expected an object with name, folder, adapt and test")
-        domains.append(Domain(*(_field(rd, k, str, w) for k in ("name", "folder", "adapt", "test"))))
+        dom = Domain(*(_field(rd, k, str, w) for k in ("name", "folder", "adapt", "test")))
+        for key in ("folder", "adapt", "test"):
+            _relative_inside(getattr(dom, key), f"{w}.{key}")
+        domains.append(dom)
     lower = [x.name.lower() for x in domains]
     if len(set(lower)) != len(lower):
         raise ProtocolError(f"{path}.domains: domain names must be unique (ignoring case)")
@@ -207,6 +219,7 @@ def parse_protocol(text: str, path: str) -> Protocol:
     if extra:
         raise ProtocolError(f"{path}.shifts: unknown shift(s) {extra}; allowed: {', '.join(SHIFTS)}")
 
+    _relative_inside(_field(d, "folder", str, path, name), f"{path}.folder")
     prompt = _field(d, "prompt", str, path, "a photo of a {}.")
     if prompt.count("{}") != 1:
         raise ProtocolError(f"{path}.prompt: must contain exactly one '{{}}' for the class name, got {prompt!r}")

@@ -300,8 +300,9 @@ def find_record(results: str | Path, name: str) -> RunRecord | None:
         return None
 
 
-def iter_records(results: str | Path) -> Iterator[RunRecord]:
-    """Every finished record; unreadable or foreign files are skipped with a warning naming them."""
+def iter_records(results: str | Path, skipped: list[str] | None = None) -> Iterator[RunRecord]:
+    """Every finished record; unreadable or foreign files are skipped with a warning naming them (and appended
+    to ``skipped`` when given, so callers can say how many they left out)."""
     root = runs_dir(results)
     if not root.is_dir():
         return
@@ -312,9 +313,13 @@ def iter_records(results: str | Path) -> Iterator[RunRecord]:
             rec = read_record(folder)
         except NewerSchema as e:
             warnings.warn(f"{e}; skipping it", stacklevel=2)
+            if skipped is not None:
+                skipped.append(str(folder))
             continue
         except (OSError, RecordError) as e:
             warnings.warn(f"skipping {folder / RECORD}: not a readable ueobench record ({e})", stacklevel=2)
+            if skipped is not None:
+                skipped.append(str(folder))
             continue
         yield rec
 
