@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ueobench.errors import UeobenchError
 from ueobench.losses import ueo_loss
 from ueobench.method import option, register_method
 from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
@@ -33,8 +32,6 @@ class UEO(PromptTuningMethod):
         return self.options.weights == "oracle"
 
     def before_training(self, context) -> None:
-        if self.options.weights not in WEIGHTS:
-            raise UeobenchError(f"option weights must be one of {', '.join(WEIGHTS)}, got '{self.options.weights}'")
         n = context.num_adapt
         if self.options.weights == "none":
             self.weights = torch.ones(n)

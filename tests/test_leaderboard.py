@@ -37,7 +37,7 @@ def fake_run(results: Path, method: str, shift: str, domain: str, seed: int, qua
     arrays = {"logit_scale": np.array(100.0)}
     for s in ("test", "target"):
         arrays[f"{s}_logits"], arrays[f"{s}_labels"] = cos.astype(np.float32), labels
-    write_run(results, re.sub(r"[^A-Za-z0-9_.-]+", "-", record["run_id"]), record, arrays)
+    write_run(results, re.sub(r"[^A-Za-z0-9_.-]+", "-", record["run_id"]).lstrip("."), record, arrays)
 
 
 @pytest.fixture

@@ -83,6 +83,7 @@ class RunPlan:
     @property
     def run_id(self) -> str:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join((self.method, self.dataset, self.shift, self.domain)))
+        slug = slug.lstrip(".") or "run"  # a leading dot would hide the run folder (temporary folders start so)
         return f"{slug}_s{self.seed}-{self.digest[:12]}"
 
 

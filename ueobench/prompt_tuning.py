@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import torch
 
 from .clip_ops import encode_images
-from .errors import UeobenchError
 from .method import AdaptContext, Method, Options, option
 from .prompt_learner import PromptLearner
 from .trainer import TrainSpec, fit
@@ -47,8 +46,6 @@ class PromptTuningMethod(Method):
     def setup(self, backbone, class_names: list[str], context: AdaptContext) -> None:
         super().setup(backbone, class_names, context)
         o = self.options
-        if o.tune not in TUNE:
-            raise UeobenchError(f"option tune must be one of {', '.join(TUNE)}, got '{o.tune}'")
         self.prompt = PromptLearner(backbone, class_names, o.n_ctx, o.ctx_init or None)
         self.norms = norm_parameters(backbone.model.visual, o.norm_rule) if o.tune in ("both", "norm") else {}
         self._text_cache: tuple[int, torch.Tensor] | None = None
