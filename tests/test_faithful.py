@@ -101,7 +101,8 @@ def test_tent_metrics_do_not_depend_on_list_order_beyond_shuffle_noise():
         s = runner.start(planned)
         torch.manual_seed(0)  # the same weights for every seed: only the batch composition differs
         for p in s.backbone.model.parameters():
-            torch.nn.init.normal_(p, std=0.02) if p.dim() > 1 else None
+            if p.dim() > 1:
+                torch.nn.init.normal_(p, std=0.02)
         cos, labels = s.evaluator.logits("test")
         k = labels < 10
         return float((cos.argmax(1)[k] == labels[k]).mean())

@@ -90,7 +90,6 @@ def test_editing_a_plugin_reruns_it_and_tables_never_mix_old_and_new_code(cli, p
     assert first.exit_code == 0 and ": done" in first.output
     assert "already done" in cli(*run_args(plugin_dir)).output
     (plugin_dir / "biased.py").write_text(PLUGIN.format(bias=5.0))  # an edited objective
-    import importlib
     import sys as _sys
 
     for name in [m for m in _sys.modules if m.startswith("ueobench_plugins.biased")]:
@@ -110,7 +109,6 @@ def test_editing_a_plugin_reruns_it_and_tables_never_mix_old_and_new_code(cli, p
     assert table.count("| biased") == 1
     every = cli("table", "--protocol", "opda", "--code", "all").output
     assert every.count("| biased") == 2 and "[code " in every
-    del importlib
 
 
 def test_table_without_plugins_keeps_configurations_apart(cli, plugin_dir):
