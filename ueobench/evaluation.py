@@ -30,9 +30,10 @@ class Evaluator:
     """Evaluates one method on one shift's splits; ``path`` records how the last predictions were made."""
 
     def __init__(self, method: Any, backbone: Any, shift_data: Any, features: Any, make_loader: Callable[..., Any],
-                 eval_batch_size: int, seed: int, device: torch.device, score: str, rule: str, progress: Any):
+                 eval_batch_size: int, device: torch.device, score: str, rule: str, progress: Any):
+        """``make_loader(items, transform, batch_size, shuffle)`` builds loaders seeded with the run's seed."""
         self.method, self.backbone, self.sd, self.features = method, backbone, shift_data, features
-        self.make_loader, self.eval_batch_size, self.seed, self.device = make_loader, eval_batch_size, seed, device
+        self.make_loader, self.eval_batch_size, self.device = make_loader, eval_batch_size, device
         self.score, self.rule, self.progress = score, rule, progress
         visual = {id(p) for p in backbone.model.visual.parameters()}
         self._visual_trainable = [p for ps in method.trainable_parameters().values() for p in ps if id(p) in visual]

@@ -116,7 +116,7 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
     groups = method.trainable_parameters()
     freeze_all_but(backbone.model, groups)
     method.snapshot()
-    evaluator = Evaluator(method, backbone, sd, store, loader, planned.plan.eval_batch_size, seed, device,
+    evaluator = Evaluator(method, backbone, sd, store, loader, planned.plan.eval_batch_size, device,
                           planned.plan.score, planned.plan.rule, progress)
     holder["e"] = evaluator
     settings = {**device_settings, "precision_requested": planned.plan.precision, "precision": precision,

@@ -6,7 +6,8 @@ planned and stored in ``<results>/sweeps/<key>.json``; workers, SLURM array task
 ids and never recompute different ones. A worker that finds a job's code or data changed since planning (its
 plan would now hash differently) fails that job with the reason instead of running it under the old id. A job is
 
-- *done* when its run folder exists (written atomically by the runner);
+- *done* when its run folder holds a readable record (written atomically by the runner; a damaged one counts as
+  not done and is redone);
 - *running* while some process holds its claim: an exclusive ``filelock`` lock on
   ``<results>/claims/<run>.lock``. The operating system drops the lock when the holder dies, even by SIGKILL,
   so a killed worker's run becomes claimable again;
@@ -181,34 +182,43 @@ def execute(req: RunRequest, name: str | None = None, retry_failed: bool = False
 
     planner = planner or Planner()
     req = dataclasses.replace(req, force=force)
-    if name is not None and not force and state(req.results, name) == "done":
-        return "skipped"
+    results = req.results
+
+    def settled(run_id: str) -> str | None:  # what makes planning and running unnecessary
+        if force:
+            return None
+        if state(results, run_id) == "done":
+            return "skipped"
+        if not retry_failed and (failed_dir(results) / f"{run_id}.json").is_file():
+            return "failed-before"
+        return None
+
+    if name is not None and settled(name):
+        return settled(name)  # type: ignore[return-value]
     try:
         planned = planner.plan(req)
     except Exception as e:  # noqa: BLE001 - it failed before starting (a plugin, the data): recorded, sweep goes on
         if name is not None:
-            record_failure(req.results, name, e, asdict(req))
+            record_failure(results, name, e, asdict(req))
         return "failed"
-    name = name or planned.run_id
-    results = req.results
-    if planned.run_id != name:
+    if name is None:
+        name = planned.run_id
+        if settled(name):
+            return settled(name)  # type: ignore[return-value]
+    elif planned.run_id != name:
         err = UeobenchError(f"the method's code or the data changed since this sweep was planned (planned run "
                             f"{name}, now {planned.run_id}); plan the sweep again with the same ueobench sweep command")
         record_failure(results, name, err, asdict(req))
         return "failed"
-    if not force and state(results, name) == "done":
-        return "skipped"
-    if not retry_failed and not force and (failed_dir(results) / f"{name}.json").is_file():
-        return "failed-before"
     try:
-        execute_planned(planned, wait=False)  # records its own failures once the run has started
+        result = execute_planned(planned, wait=False)  # records its own failures once the run has started
     except Timeout:
         return "running-elsewhere"
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         if not (failed_dir(results) / f"{name}.json").is_file():
             record_failure(results, name, e, asdict(req))
         return "failed"
-    return "done"
+    return "skipped" if result.skipped else "done"  # skipped: another worker finished it before our claim
 
 
 # ----------------------------------------------------------------------------------------------- plans
@@ -295,6 +305,8 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
     import torch
 
     gpus = torch.cuda.device_count()
+    before = {} if force else {x: state(results, x) for x in names}  # to tell skipped runs from new ones
+    settled = {"done": "skipped", **({} if retry_failed else {"failed": "failed-before"})}
     procs = []
     for i in range(n):
         env = dict(os.environ)
@@ -310,11 +322,13 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
     reported: set[str] = set()
     while True:
         alive = any(p.poll() is None for p in procs)
-        finished = [x for x in names if x not in reported and state(results, x) in ("done", "failed")]
-        for x in finished:
-            reported.add(x)
-            if echo is not None:
-                echo(_finished_line(results, x, state(results, x), len(reported), len(names)))
+        for x in names:
+            st = state(results, x) if x not in reported else None
+            if st in ("done", "failed"):
+                reported.add(x)
+                if echo is not None:
+                    what = settled.get(before.get(x, ""), st)
+                    echo(_finished_line(results, x, what, len(reported), len(names)))
         if task is not None:
             progress.update(task, completed=len(reported))
         if not alive:
