@@ -96,3 +96,33 @@ def write_list(root: Path, domain: str, lines: list[str]) -> Path:
     p = root / f"{domain}_list.txt"
     p.write_text("\n".join(lines) + "\n")
     return p
+
+
+def make_tiny_clipn(path: Path, arch: str = "tiny-vit", seed: int = 0, same_as_yes: bool = False) -> Path:
+    """A random CLIP of ``arch`` with a "no" text encoder, saved in the official CLIPN layout (``module.`` keys in
+    ``state_dict``). ``same_as_yes``: the "no" tower is a copy of the ordinary one with zero "no" prompts."""
+    import torch
+
+    from ueobench.backbones import register_model_configs
+    from ueobench.clipn_checkpoint import save_clipn_checkpoint
+
+    import open_clip
+
+    register_model_configs()
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch)
+    g = torch.Generator().manual_seed(seed + 1)
+    no = {}
+    for k, v in model.state_dict().items():
+        if k.startswith(("transformer.", "token_embedding", "ln_final")) or k in ("positional_embedding", "text_projection"):
+            no[k] = v.clone() if same_as_yes else v + 0.1 * torch.randn(v.shape, generator=g)
+    width = model.token_embedding.weight.shape[1]
+    no["prompt_no"] = torch.zeros(16, 77, width) if same_as_yes else 0.05 * torch.randn(16, 77, width, generator=g)
+    save_clipn_checkpoint(model, no, path)
+    return path
+
+
+@pytest.fixture
+def tiny_clipn(tmp_path) -> str:
+    """A backbone spec naming a tiny random CLIPN checkpoint."""
+    return f"tiny-vit:{make_tiny_clipn(tmp_path / 'clipn_tiny.pt')}"

@@ -30,7 +30,7 @@ def run(progress: Any = None, **kwargs: Any):
 
 def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset: str = "shapes",
                seed: str = "0", backbone: str | None = None, options: dict[str, str] | None = None,
-               device: str = "auto", data_root: str | None = None, results: str = "results"):
+               device: str = "auto", data_root: str | None = None, results: str = "results", score: str = "mcm"):
     """A grid from the CLI's spelling: comma-separated lists or ``all``, seed ranges (``0-2``), and option
     values ``key=a,b`` that become an axis."""
     from . import grid as sw
@@ -41,7 +41,7 @@ def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset:
         domains=sw.parse_list(domain, ["all"], "--domain"),
         datasets=sw.parse_list(dataset, list_datasets(), "--dataset"),
         seeds=sw.parse_seeds(seed), backbones=sw.parse_list(backbone) or [None], options=dict(options or {}),
-        results=results, data_root=data_root, device=device, plugins=[str(p) for p in PLUGIN_DIRS],
+        results=results, data_root=data_root, device=device, plugins=[str(p) for p in PLUGIN_DIRS], score=score,
     )
 
 

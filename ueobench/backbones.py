@@ -107,6 +107,8 @@ class Backbone:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     info: dict[str, Any]
+    #: CLIPN's "no" text encoder, when the checkpoint has one (``clipn_checkpoint``)
+    no_text: Any = None
 
     @property
     def logit_scale(self) -> float:
@@ -172,14 +174,22 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
                 raise UeobenchError(f"unknown weights '{s.weights}' for {s.arch}{suggest(s.weights, tags)}")
             else:  # a pretrained tag: build the activation its weights were trained with
                 force_quick_gelu = tag_uses_quick_gelu(s.arch, s.weights)
+    clipn_state = _clipn_state(pretrained) if pretrained and s.weights != "builtin" and os.path.isfile(pretrained) else None
     log = logging.getLogger()
     level = log.level
     try:
         if s.is_random:  # asked for by name; open_clip's "initialized randomly" warning adds nothing
             log.setLevel(logging.ERROR)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            s.arch, pretrained=pretrained, device=device, weights_only=True, force_quick_gelu=force_quick_gelu
+            s.arch, pretrained=None if clipn_state else pretrained, device=device, weights_only=True,
+            force_quick_gelu=force_quick_gelu
         )
+        no_text = None
+        if clipn_state:
+            from .clipn_checkpoint import NoTextEncoder
+
+            model.load_state_dict(clipn_state[0], strict=True)
+            no_text = NoTextEncoder(model, clipn_state[1]).to(device).eval()
     except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError, OSError, HF errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UeobenchError(
@@ -207,7 +217,27 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
         "std": list(pp.get("std", (0.26862954, 0.26130258, 0.27577711))),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    return Backbone(s, model, tokenizer, preprocess, int(size), tuple(info["mean"]), tuple(info["std"]), info)
+    if no_text is not None:
+        info["clipn_no_encoder"] = True
+    return Backbone(s, model, tokenizer, preprocess, int(size), tuple(info["mean"]), tuple(info["std"]), info,
+                    no_text)
+
+
+def _clipn_state(path: str) -> tuple[dict, dict] | None:
+    """The (CLIP, "no" encoder) parts of a checkpoint in CLIPN's layout, or None for any other checkpoint."""
+    from .clipn_checkpoint import is_clipn, read_state_dict, split_state
+
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            if "prompt_no" not in f.keys():
+                return None
+    try:
+        state = read_state_dict(path)
+    except Exception:  # noqa: BLE001 - not ours to judge: open_clip reports unreadable files in its own words
+        return None
+    return split_state(state) if is_clipn(state) else None
 
 
 def _uses_quick_gelu(model: torch.nn.Module) -> bool:

@@ -259,6 +259,8 @@ def _grid(method_required: bool):
         click.option("--backbone", default=None, help="Comma-separated backbones (default: each dataset's)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Method option for every run (repeatable)."),
         click.option("--epochs", default=None, type=int),
+        click.option("--score", default="mcm", show_default=True,
+                     help="OOD score of every run (ueobench list scores); glmcm also saves local features."),
         click.option("--device", default="auto", show_default=True),
         click.option("--data-root", default=None),
         click.option("--results", default="results", show_default=True),
@@ -272,13 +274,14 @@ def _grid(method_required: bool):
     return deco
 
 
-def _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results):
+def _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, score, device, data_root, results):
     options = _parse_sets(sets, axis=True)
     if epochs is not None:
         if "epochs" in options:
             raise UeobenchError("--epochs and --set epochs=... both given; give one")
         options["epochs"] = str(epochs)
-    return api.sweep_spec(method, protocol, domain, dataset, seeds, backbone, options, device, data_root, results)
+    return api.sweep_spec(method, protocol, domain, dataset, seeds, backbone, options, device, data_root, results,
+                          score=score)
 
 
 @cli.command()
@@ -295,7 +298,8 @@ def _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, devi
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed before.")
 @click.option("--force", is_flag=True, help="Rerun finished runs too.")
 def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, backbone: str | None,
-          sets: tuple[str, ...], epochs: int | None, device: str, data_root: str | None, results: str, launcher: str,
+          sets: tuple[str, ...], epochs: int | None, score: str, device: str, data_root: str | None, results: str,
+          launcher: str,
           workers: int, partition: str | None, time_min: int, gpus: int, array_parallelism: int,
           sbatch: tuple[str, ...], dry_run: bool, retry_failed: bool, force: bool) -> None:
     """Run or resume a grid of runs; finished runs are skipped, interrupted ones redone.
@@ -303,7 +307,7 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
     --set KEY=a,b,c makes the values a grid axis."""
     from .progress import make_progress
 
-    spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results)
+    spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, score, device, data_root, results)
     slurm = {"partition": partition, "time": time_min, "gpus": gpus, "array_parallelism": array_parallelism,
              "sbatch": _parse_sets(sbatch, flag="--sbatch")}
     with make_progress() as progress:
@@ -332,11 +336,12 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
 @_grid(method_required=False)
 @click.option("--verbose", "-v", is_flag=True, help="List every run that is not done.")
 @click.option("--json", "as_json", is_flag=True, help="Every grid and the state of each run, as JSON.")
-def status(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results,
+def status(method, protocol, domain, dataset, seeds, backbone, sets, epochs, score, device, data_root, results,
            verbose: bool, as_json: bool) -> None:
     """Done, running, failed and pending runs: of one grid (--method ...), or of every sweep saved in a results
     folder (read from the saved plans, without loading any method)."""
-    spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, device, data_root, results) if method else None
+    spec = (_spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, score, device, data_root, results)
+            if method else None)
     grids = api.status(results, spec)
     if as_json:
         click.echo(json.dumps(grids, indent=1, sort_keys=True))

@@ -11,6 +11,12 @@ The evaluator, not the method, decides how predictions are made:
    not). Nothing the method sets inside its loss can change this decision.
 3. **A pass over the images** otherwise, with the method's ``prediction_transform`` and ``eval_batching``
    (batches drawn from a seeded shuffle are mapped back to list order).
+
+Scores that need more than the cosines (``scores.EXTRAS``) get their evidence here and it is saved with the
+predictions: GL-MCM's local term from the tower's local (patch) features (cached like the global ones while the
+tower is untouched, else from a pass with the adapted tower) classified by the method's ``predict_features``;
+a method's own evidence (CLIPN's "no" cosines) from ``extra_outputs`` on the image features. For a method that
+predicts online (TENT), the local term comes from the tower after adaptation.
 """
 from __future__ import annotations
 
@@ -19,10 +25,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .clip_ops import encode_images, encode_local, local_features_unsupported
 from .errors import UeobenchError
 from .method import implements
 from .metrics import METRICS, evaluate
-from .scores import compute_score
+from .scores import compute_score, how_to_save, score_needs
 from .tuning import batchnorms
 
 
@@ -39,6 +46,22 @@ class Evaluator:
         self._visual_trainable = [p for ps in method.trainable_parameters().values() for p in ps if id(p) in visual]
         self._initial = [p.detach().clone() for p in self._visual_trainable]
         self.paths: dict[str, str] = {}
+        self.needs = score_needs(score)
+        self.check_score()
+
+    def check_score(self) -> None:
+        """Refuse, before any adaptation, a score whose evidence this method and backbone cannot give."""
+        for kind in self.needs:
+            if kind == "local_mcm":
+                reason = local_features_unsupported(self.backbone)
+                if reason:
+                    raise UeobenchError(f"score '{self.score}' needs local features: {reason}; use mcm")
+                if not implements(self.method, "predict_features"):
+                    raise UeobenchError(f"score '{self.score}' classifies local features with the method's "
+                                        f"predict_features, which '{self.method.name}' does not have; use mcm")
+            elif kind not in self.method.extras:
+                raise UeobenchError(f"score '{self.score}' needs {kind}, which method '{self.method.name}' does not "
+                                    f"give ({how_to_save(self.score)})")
 
     # ---------------------------------------------------------------------------------------- the rule
 
@@ -100,6 +123,53 @@ class Evaluator:
         self.paths[split] = f"pass over the images (batch {batch_size}{', seeded shuffle' if shuffle else ''})"
         return out
 
+    # ---------------------------------------------------------------------------------- score evidence
+
+    @torch.no_grad()
+    def _feature_pass(self, split: str, kind: str) -> np.ndarray:
+        """Features of a split from the tower as it is now (after adaptation), eval transform, list order."""
+        items = self.sd.test if split == "test" else self.sd.adapt
+        loader = self.make_loader(items, self.backbone.preprocess, self.eval_batch_size, shuffle=False)
+        out: list[np.ndarray | None] = [None] * len(items)
+        for images, _, idx in loader:
+            f = encode_images(self.backbone, images) if kind == "global" else encode_local(self.backbone, images)
+            for i, row in zip(idx.tolist(), f.cpu().numpy()):
+                out[i] = row
+        return np.stack(out)
+
+    def _split_features(self, split: str, kind: str) -> np.ndarray:
+        if self.features is not None and self.image_tower_untouched():
+            if kind == "global":
+                return self.split_features(split)
+            sd = self.sd
+            if split == "test":
+                return self.features.features([e.ref for e in sd.domain.test], "local")
+            return self.features.features([e.ref for e in sd.domain.adapt], "local")[sd.adapt_index]
+        return self._feature_pass(split, kind)
+
+    @torch.no_grad()
+    def extras(self, split: str) -> dict[str, np.ndarray]:
+        """The evidence of the run's score and the method's own extra outputs for a split, in list order."""
+        out: dict[str, np.ndarray] = {}
+        if self.method.extras:
+            feats = torch.from_numpy(self._split_features(split, "global")).to(self.device)
+            parts: dict[str, list[np.ndarray]] = {}
+            for i in range(0, len(feats), self.eval_batch_size):
+                for k, v in self.method.extra_outputs(feats[i: i + self.eval_batch_size]).items():
+                    parts.setdefault(k, []).append(v.detach().float().cpu().numpy())
+            out.update({k: np.concatenate(v) for k, v in parts.items()})
+        if "local_mcm" in self.needs:
+            local = self._split_features(split, "local")  # [N, P, D]
+            n, p, d = local.shape
+            best = np.zeros(n, dtype=np.float32)
+            step = max(1, self.eval_batch_size)
+            for i in range(0, n, step):
+                chunk = torch.from_numpy(local[i: i + step].astype(np.float32)).to(self.device).reshape(-1, d)
+                cos = self.method.predict_features(chunk).float().reshape(-1, p, len(self.sd.known_names))
+                best[i: i + step] = torch.softmax(cos, dim=-1).amax(dim=(1, 2)).cpu().numpy()  # T = 1
+            out["local_mcm"] = best
+        return out
+
     # ------------------------------------------------------------------------------------------ metrics
 
     def evaluate_splits(self, final: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -107,11 +177,14 @@ class Evaluator:
         metrics, arrays = {}, {"logit_scale": np.array(scale)}
         for split in ("test", "target"):
             cos, labels = self.logits(split, final)
+            extras = self.extras(split)
             metrics[split] = evaluate(cos, labels, self.sd.split.num_known, logit_scale=scale, rule=self.rule,
-                                      score=self.score)
+                                      score=self.score, extras=extras)
             arrays[f"{split}_logits"] = cos.astype(np.float32)
             arrays[f"{split}_labels"] = labels
-            arrays[f"{split}_scores"] = compute_score(self.score, cos, scale).astype(np.float32)
+            arrays[f"{split}_scores"] = compute_score(self.score, cos, scale, extras).astype(np.float32)
+            for k, v in extras.items():
+                arrays[f"{split}_{k}"] = np.asarray(v, dtype=np.float32)
         return metrics, arrays
 
     def metrics_now(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from .errors import UeobenchError
 from .metrics import LOWER_IS_BETTER, METRICS, evaluate
 from .records import iter_records, load_predictions
 from .registry import suggest
+from .scores import how_to_save, score_needs
 
 AXES = ("method", "dataset", "shift", "domain", "backbone")
 AXIS_ALIASES = {"protocol": "shift"}
@@ -50,7 +51,10 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
     and because their record or saved predictions could not be read.
 
     Row labels come from the records themselves (``method.label``), never from the plugins loaded now. With
-    ``code="all"``, runs of other code keep their own rows, marked with their code fingerprint."""
+    ``code="all"``, runs of other code keep their own rows, marked with their code fingerprint.
+
+    Runs of one configuration that differ only in the score or rule they were made with (a GL-MCM run beside
+    an MCM one) count once: the run made with the asked score (else with MCM) stands for them."""
     from .fingerprints import code_status
 
     if code not in CODE_CHOICES:
@@ -58,14 +62,21 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
     rows: list[dict[str, Any]] = []
     left_out = 0
     unreadable: list[str] = []
-    for rec in iter_records(results, unreadable):
+    chosen: dict[tuple, tuple[int, int, Any, str]] = {}
+    for order, rec in enumerate(iter_records(results, unreadable)):
         label = rec.label
         if code_status(rec.code) == "changed":
             if code == "current":
                 left_out += 1
                 continue
             label = f"{label} [code {rec.code_fingerprint[-8:] if rec.code_fingerprint else 'v1'}]"
+        key = (rec.dataset, rec.shift, rec.domain, rec.backbone, rec.seed, label)
+        rank = 0 if rec.score == (score or "mcm") else 1 if rec.score == "mcm" else 2
+        if key not in chosen or (rank, order) < chosen[key][:2]:
+            chosen[key] = (rank, order, rec, label)
+    for _, _, rec, label in sorted(chosen.values(), key=lambda c: c[1]):
         recompute = (score and score != rec.score) or (rule and rule != rec.rule)
+        needs = score_needs(score or rec.score) if recompute else ()
         if recompute:
             try:
                 preds = load_predictions(rec.path)
@@ -80,17 +91,23 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                               f"--force to recompute scores", stacklevel=2)
                 unreadable.append(str(rec.path))
                 continue
+            lacking = [k for sp in rec.metrics for k in needs if f"{sp}_{k}" not in preds]
+        else:
+            lacking = []
         for split, m in sorted(rec.metrics.items()):
-            if recompute:
+            if lacking:  # never fall back to another score: build_tables refuses these rows if they are selected
+                m = {}
+            elif recompute:
                 try:
+                    extras = {k: preds[f"{split}_{k}"] for k in needs}
                     m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec.num_known,
-                                 logit_scale=scale, score=score or rec.score, rule=rule or rec.rule)
+                                 logit_scale=scale, score=score or rec.score, rule=rule or rec.rule, extras=extras)
                 except ValueError as e:
                     raise UeobenchError(f"{rec.path}: saved predictions do not match the record ({e}); rerun it "
                                         f"with --force") from None
             row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
                    "seed": rec.seed, "method_name": rec.method, "method": label, "split": split,
-                   "oracle": rec.oracle, "run_id": rec.run_id}
+                   "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking)}
             for k in METRICS:
                 v = m.get(k)
                 row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
@@ -186,6 +203,11 @@ def build_tables(
     df = _filter([r for r in df if r["split"] == split], filters or {})
     if not df:
         raise UeobenchError(f"no records for split '{split}'")
+    without = sorted({r["run_id"] for r in df if r["lacks_evidence"]})
+    if without:
+        raise UeobenchError(
+            f"--score {score} needs evidence that {len(without)} selected run(s) did not save (e.g. {without[0]}): "
+            f"{how_to_save(score)}; rerun them so, or leave them out with --method, --backbone, --protocol or --domain")
     df = [{**r, "method": r["method"] + ORACLE_SUFFIX} if r["oracle"] else r for r in df]
     hidden = [a for a in AXES if a not in (rows, cols)]
     group_axes = [a for a in hidden if a != "domain" and len(_values(df, a)) > 1]

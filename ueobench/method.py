@@ -128,6 +128,8 @@ class Method:
     adaptation: ClassVar[str] = "none"
     #: Reference defaults that differ per dataset, e.g. {"domainnet": {"epochs": 5}}; user overrides win.
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Kinds of per-image evidence (``scores.EXTRAS``) that ``extra_outputs`` returns, e.g. ("no_cos",).
+    extras: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any | None = None):
         self.options = options if options is not None else self.Options()
@@ -165,6 +167,11 @@ class Method:
         """Cosine similarities from L2-normalised image features [B, D]. Optional: a method that implements it
         is evaluated on the shared cached features whenever its image tower is untouched."""
         raise NotImplementedError
+
+    def extra_outputs(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image evidence beyond the cosines that some scores read (the kinds named in ``extras``), from
+        L2-normalised image features [B, D]; saved with the run as ``{split}_{kind}``. Optional."""
+        return {}
 
     def eval_batching(self) -> tuple[int, bool] | None:
         """``(batch size, shuffle)`` when predictions depend on which images share a batch (BatchNorm with batch

@@ -69,10 +69,12 @@ def evaluate(
     logit_scale: float = 100.0,
     rule: str = DEFAULT_RULE,
     score: str = "mcm",
+    extras: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compute every metric from unscaled cosine logits [N, K] and benchmark labels [N].
 
-    ``scores`` overrides the OOD score; otherwise ``score`` names one from the registry. ``logit_scale`` and
+    ``scores`` overrides the OOD score; otherwise ``score`` names one from the registry (``extras``: the per-image
+    evidence it needs, e.g. GL-MCM's local term). ``logit_scale`` and
     ``rule`` define the label-free rejection used by the H-score.
     """
     cos = _np(logits).astype(np.float64)
@@ -81,7 +83,7 @@ def evaluate(
         raise ValueError(f"logits must be [N, {num_known}], got {list(cos.shape)}")
     if len(y) != len(cos):
         raise ValueError(f"{len(cos)} logits but {len(y)} labels")
-    s = compute_score(score, cos, logit_scale) if scores is None else _np(scores).astype(np.float64)
+    s = compute_score(score, cos, logit_scale, extras) if scores is None else _np(scores).astype(np.float64)
     if np.isnan(cos).any() or np.isnan(s).any():
         raise ValueError("logits or scores contain NaN")
     pred = cos.argmax(1)

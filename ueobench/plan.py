@@ -163,10 +163,13 @@ class Planner:
         from .backbones import parse_spec
         from .method import build_options, get_method, options_dict
         from .precision import PRECISIONS
-        from .scores import SCORES, check_rule
+        from .scores import SCORES, check_rule, how_to_save
 
         method_cls = get_method(req.method)
-        SCORES.get(req.score)  # raises with a suggestion
+        for kind in SCORES.get(req.score).needs:  # raises with a suggestion for an unknown score
+            if kind != "local_mcm" and kind not in method_cls.extras:  # local features: checked on the backbone
+                raise UeobenchError(f"score '{req.score}' needs {kind}, which method '{method_cls.name}' does not "
+                                    f"give ({how_to_save(req.score)})")
         check_rule(req.rule)
         if req.precision not in PRECISIONS:
             raise UeobenchError(f"unknown precision '{req.precision}'; use one of {', '.join(PRECISIONS)}")
