@@ -227,15 +227,15 @@ def _clipn_state(path: str) -> tuple[dict, dict] | None:
     """The (CLIP, "no" encoder) parts of a checkpoint in CLIPN's layout, or None for any other checkpoint."""
     from .clipn_checkpoint import is_clipn, read_state_dict, split_state
 
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
+    try:  # not ours to judge a damaged file: open_clip reports unreadable checkpoints in its own words
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
 
-        with safe_open(path, framework="pt") as f:
-            if "prompt_no" not in f.keys():
-                return None
-    try:
+            with safe_open(path, framework="pt") as f:
+                if "prompt_no" not in f.keys():
+                    return None
         state = read_state_dict(path)
-    except Exception:  # noqa: BLE001 - not ours to judge: open_clip reports unreadable files in its own words
+    except Exception:  # noqa: BLE001
         return None
     return split_state(state) if is_clipn(state) else None
 

@@ -53,8 +53,8 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
     Row labels come from the records themselves (``method.label``), never from the plugins loaded now. With
     ``code="all"``, runs of other code keep their own rows, marked with their code fingerprint.
 
-    Runs of one configuration that differ only in the score or rule they were made with (a GL-MCM run beside
-    an MCM one) count once: the run made with the asked score (else with MCM) stands for them."""
+    Runs whose plans differ only in the score or rule they were made with (a GL-MCM run beside an MCM one)
+    count once: the run made with the asked score (else with MCM) stands for them."""
     from .fingerprints import code_status
 
     if code not in CODE_CHOICES:
@@ -70,7 +70,8 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 left_out += 1
                 continue
             label = f"{label} [code {rec.code_fingerprint[-8:] if rec.code_fingerprint else 'v1'}]"
-        key = (rec.dataset, rec.shift, rec.domain, rec.backbone, rec.seed, label)
+        config = {k: v for k, v in (rec.raw.get("config") or {}).items() if k not in ("score", "rule")}
+        key = (json.dumps(config, sort_keys=True, default=str), label, rec.oracle)
         rank = 0 if rec.score == (score or "mcm") else 1 if rec.score == "mcm" else 2
         if key not in chosen or (rank, order) < chosen[key][:2]:
             chosen[key] = (rank, order, rec, label)
