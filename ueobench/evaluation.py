@@ -29,7 +29,7 @@ from .clip_ops import encode_images, encode_local, local_features_unsupported
 from .errors import UeobenchError
 from .method import implements
 from .metrics import METRICS, evaluate
-from .scores import compute_score, how_to_save, score_needs
+from .scores import compute_score, score_needs
 from .tuning import batchnorms
 
 
@@ -50,7 +50,8 @@ class Evaluator:
         self.check_score()
 
     def check_score(self) -> None:
-        """Refuse, before any adaptation, a score whose evidence this method and backbone cannot give."""
+        """Refuse, before any adaptation, local features this backbone or method cannot give (a method's own
+        evidence, such as CLIPN's "no" cosines, is checked when the run is planned)."""
         for kind in self.needs:
             if kind == "local_mcm":
                 reason = local_features_unsupported(self.backbone)
@@ -59,9 +60,6 @@ class Evaluator:
                 if not implements(self.method, "predict_features"):
                     raise UeobenchError(f"score '{self.score}' classifies local features with the method's "
                                         f"predict_features, which '{self.method.name}' does not have; use mcm")
-            elif kind not in self.method.extras:
-                raise UeobenchError(f"score '{self.score}' needs {kind}, which method '{self.method.name}' does not "
-                                    f"give ({how_to_save(self.score)})")
 
     # ---------------------------------------------------------------------------------------- the rule
 
@@ -77,11 +75,11 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------------- predictions
 
-    def split_features(self, split: str) -> np.ndarray:
+    def split_features(self, split: str, kind: str = "global") -> np.ndarray:
         sd = self.sd
         if split == "test":
-            return self.features.features([e.ref for e in sd.domain.test])
-        return self.features.features([e.ref for e in sd.domain.adapt])[sd.adapt_index]
+            return self.features.features([e.ref for e in sd.domain.test], kind)
+        return self.features.features([e.ref for e in sd.domain.adapt], kind)[sd.adapt_index]
 
     def _labels(self, items) -> np.ndarray:
         return np.array([y for _, y in items], dtype=np.int64)
@@ -139,12 +137,7 @@ class Evaluator:
 
     def _split_features(self, split: str, kind: str) -> np.ndarray:
         if self.features is not None and self.image_tower_untouched():
-            if kind == "global":
-                return self.split_features(split)
-            sd = self.sd
-            if split == "test":
-                return self.features.features([e.ref for e in sd.domain.test], "local")
-            return self.features.features([e.ref for e in sd.domain.adapt], "local")[sd.adapt_index]
+            return self.split_features(split, kind)
         return self._feature_pass(split, kind)
 
     @torch.no_grad()
