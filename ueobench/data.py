@@ -271,11 +271,11 @@ def _missing(protocol: Protocol, message: str) -> DataError:
 
 
 def dataset_root(protocol: Protocol, data_root: str | None = None, progress: Any = None) -> Path:
-    """The folder of one dataset; the built-in ``shapes`` is generated into the cache on first use."""
-    if protocol.builtin == "shapes":
+    """The folder of one dataset; a built-in world (``shapes``, ``shapes65``) is generated into the cache on first use."""
+    if protocol.builtin:
         doms = [(d.name, d.folder, d.adapt, d.test) for d in protocol.domains]
         try:
-            return shapes.generate(list(protocol.classes), doms, progress=progress)
+            return shapes.generate(list(protocol.classes), doms, progress=progress, world=protocol.builtin)
         except OSError as e:
             from .paths import cache_root
 

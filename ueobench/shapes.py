@@ -1,7 +1,12 @@
-"""The built-in ``shapes`` dataset: procedurally drawn shapes in four visual styles (domains).
+"""The built-in worlds: procedurally drawn shapes in four visual styles (domains).
+
+* ``shapes``: 16 classes (the shape; its colour is a nuisance), 64 px, 60 images per class and domain. Small
+  and fast: the README demo and the unit tests.
+* ``shapes65``: 65 classes (colour x shape: "red star"), 32 px, 56 images per class and domain, the domain
+  sizes and class structure of Office-Home: the built-in leaderboard at the methods' reference recipes.
 
 Images are generated once, deterministically from a seed, and written to a cache folder as ordinary PNG files
-with image lists, so the same loading path serves ``shapes`` and the real datasets.
+with image lists, so the same loading path serves the built-in worlds and the real datasets.
 """
 from __future__ import annotations
 
@@ -9,10 +14,13 @@ import math
 import os
 import shutil
 import tempfile
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from dataclasses import dataclass, field
 
 from .faults import failpoint
 
@@ -170,11 +178,158 @@ def render(shape: str, style: str, rng: np.random.Generator, size: int = IMAGE_S
     return img
 
 
+# ------------------------------------------------------------------------------------ shapes65 (colour x shape)
+
+
+#: class colours of ``shapes65``: a class is "<colour> <shape>"; orange sits between red and the others on purpose
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (205, 45, 40), "orange": (240, 140, 30), "green": (50, 160, 60), "blue": (40, 80, 205),
+    "purple": (135, 55, 175),
+}
+SHAPES65 = ("circle", "square", "triangle", "star", "heart", "cross", "hexagon", "arrow", "crescent", "diamond",
+            "pentagon", "ring", "ellipse")
+STYLES65 = ("product", "real", "painting", "sketch")
+
+
+def parse_class(name: str) -> tuple[str, str]:
+    """``"red star"`` -> (``"red"``, ``"star"``)."""
+    colour, _, shape = name.partition(" ")
+    if colour not in CLASS_COLOURS or shape not in SHAPES:
+        raise ValueError(f"'{name}' is not '<colour> <shape>' with a colour of {list(CLASS_COLOURS)}")
+    return colour, shape
+
+
+def _shape_points(shape: str, rng: np.random.Generator, big: int, scale: tuple[float, float]):
+    base = SHAPES[shape]
+    poly = _ellipse(1, 1) if base is None else base
+    angle = rng.uniform(-0.6, 0.6)
+    s = big * rng.uniform(*scale)
+    centre = big / 2 + rng.uniform(-0.12, 0.12, 2) * big
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    return poly @ rot.T * s + centre, s, centre, base is None
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, pts, s, centre, ring: bool, fill, hole_fill, outline=None, width=0,
+                stroke_only: bool = False, rng: np.random.Generator | None = None) -> None:
+    if stroke_only:
+        for _ in range(2):  # two jittered strokes, no fill
+            jit = pts + rng.normal(0, 0.03 * s, pts.shape)
+            draw.line([tuple(p) for p in jit] + [tuple(jit[0])], fill=fill, width=width, joint="curve")
+        if ring:
+            hole = _ellipse(0.55, 0.55) * s + centre
+            draw.line([tuple(p) for p in hole] + [tuple(hole[0])], fill=fill, width=width)
+        return
+    draw.polygon([tuple(p) for p in pts], fill=fill, outline=outline, width=width or 1)
+    if ring:
+        hole = _ellipse(0.55, 0.55) * s + centre
+        draw.polygon([tuple(p) for p in hole], fill=hole_fill, outline=outline, width=width or 1)
+
+
+def render_class(colour: str, shape: str, style: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """One ``shapes65`` image: a ``colour`` ``shape`` in ``style``.
+
+    The styles differ in how much they hide the two things a class is made of. ``product``: a lone object on a
+    plain light background. ``real``: a textured background, a random white balance (it moves hues), a small
+    distractor shape, uneven light. ``painting``: brush strokes behind, a strong colour cast, blur. ``sketch``: two
+    thin coloured strokes and no fill. Objects vary in size down to a few pixels, where polygons blur together.
+    """
+    ss = 4
+    big = size * ss
+    base = np.array(CLASS_COLOURS.get(colour) or COLOURS[colour], np.float32) + rng.integers(-22, 23, 3)
+    if style == "product":
+        bg = np.full((big, big, 3), float(rng.integers(232, 256)), np.float32)
+    elif style == "sketch":
+        bg = np.full((big, big, 3), float(rng.integers(225, 250)), np.float32) + rng.normal(0, 4, (big, big, 1))
+    else:
+        bg = _background("painting" if style == "painting" else "real", rng, big)
+    canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    if style == "real":  # a small distractor of another shape, in a grey or a random colour
+        other = list(SHAPES)[int(rng.integers(len(SHAPES)))]
+        dp, ds, dc, dring = _shape_points(other, rng, big, (0.10, 0.16))
+        corner = rng.choice([-1, 1], 2) * big * 0.3
+        dp, dc = dp + corner, dc + corner
+        dcol = tuple(int(v) for v in rng.integers(60, 200, 3))
+        _draw_shape(draw, dp, ds, dc, dring, dcol, dcol)
+    pts, s, centre, ring = _shape_points(shape, rng, big, (0.22, 0.42))
+    fill = tuple(int(v) for v in np.clip(base, 0, 255))
+    inner = tuple(int(v) for v in bg[int(np.clip(centre[1], 0, big - 1)), int(np.clip(centre[0], 0, big - 1))].clip(0, 255))
+    if style in ("product", "real"):
+        shadow = pts + 0.05 * big
+        shade = (200, 200, 200) if style == "product" else (40, 40, 40)
+        draw.polygon([tuple(p) for p in shadow], fill=shade)
+    if style == "sketch":
+        dark = tuple(int(v * 0.85) for v in fill)
+        _draw_shape(draw, pts, s, centre, ring, dark, None, width=int(1.5 * ss), stroke_only=True, rng=rng)
+    else:
+        _draw_shape(draw, pts, s, centre, ring, fill, inner)
+    img = np.asarray(canvas.resize((size, size), Image.LANCZOS), np.float32)
+    if style == "real":
+        img = img * rng.uniform(0.82, 1.18, 3) * np.linspace(1.15, 0.85, size, dtype=np.float32)[None, :, None]
+        img += rng.normal(0, 6, img.shape)
+    elif style == "painting":
+        cast = rng.integers(0, 256, 3).astype(np.float32)
+        img = np.asarray(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.7)),
+                         np.float32)
+        img = 0.7 * img + 0.3 * cast + rng.normal(0, 6, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _render_class(name: str, style: str, rng: np.random.Generator) -> Image.Image:
+    colour, shape = parse_class(name)
+    return render_class(colour, shape, style, rng)
+
+
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def dataset_dir(seed: int = 0) -> Path:
-    return cache_root() / "shapes" / f"v{GENERATOR_VERSION}-seed{seed}"
+@dataclass(frozen=True)
+class World:
+    """How a built-in world draws its images; the protocol file (``"builtin": name``) holds classes and domains."""
+
+    name: str
+    version: int
+    per_class: dict[str, int] = field(default_factory=dict)
+    #: class names are "<colour> <shape>" and the colour is part of the class (else a random nuisance colour)
+    colour_classes: bool = False
+
+
+WORLDS: dict[str, World] = {
+    "shapes": World("shapes", GENERATOR_VERSION, PER_CLASS),
+    "shapes65": World("shapes65", 1, {"train": 36, "test": 20}, colour_classes=True),
+}
+
+
+def get_world(name: str) -> World:
+    if name not in WORLDS:
+        from .errors import UeobenchError
+
+        raise UeobenchError(f"unknown built-in world '{name}'; the protocol's 'builtin' must be one of {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
+def dataset_dir(seed: int = 0, world: str = "shapes") -> Path:
+    w = get_world(world)
+    return cache_root() / w.name / f"v{w.version}-seed{seed}"
+
+
+def _folder_name(name: str) -> str:
+    return name.replace(" ", "_")  # "red star" -> red_star, as Office-Home's Alarm_Clock
+
+
+def _render_class_files(job: tuple) -> list[str]:
+    """Draw and save the images of one class in one split of one domain; returns their relative paths."""
+    root, world, seed, di, style, folder, si, split, n, ci, name = job
+    draw = _render_class if WORLDS[world].colour_classes else render
+    d = Path(root) / folder / _folder_name(name)
+    d.mkdir(parents=True, exist_ok=True)
+    rels = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, di, ci, si, i])
+        rel = f"{folder}/{_folder_name(name)}/{split}_{i:04d}.png"
+        draw(name, style, rng).save(Path(root) / rel, optimize=False)
+        rels.append(rel)
+    return rels
 
 
 def generate(
@@ -184,38 +339,44 @@ def generate(
     per_class: dict[str, int] | None = None,
     out: Path | None = None,
     progress=None,
+    world: str = "shapes",
 ) -> Path:
     """Write the dataset once (atomically) and return its folder; later calls reuse it.
 
     ``domains`` holds (name, folder, adapt list, test list) as in the protocol file; the domain name is the
     drawing style.
     """
-    out = out or dataset_dir(seed)
+    w = get_world(world)
+    out = out or dataset_dir(seed, world)
     if (out / "COMPLETE").exists():
         return out
-    per_class = per_class or PER_CLASS
+    per_class = per_class or w.per_class
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
         total = len(domains) * len(classes) * sum(per_class.values())
-        task = progress.add_task("generating shapes", total=total) if progress else None
-        for di, (style, folder, adapt_list, test_list) in enumerate(domains):
-            lists = {"train": adapt_list, "test": test_list}
-            for si, (split, n) in enumerate(per_class.items()):
-                lines = []
-                for ci, name in enumerate(classes):
-                    d = tmp / folder / name
-                    d.mkdir(parents=True, exist_ok=True)
-                    for i in range(n):
-                        rng = np.random.default_rng([seed, di, ci, si, i])
-                        rel = f"{folder}/{name}/{split}_{i:04d}.png"
-                        render(name, style, rng).save(tmp / rel, optimize=False)
-                        lines.append(f"{rel} {ci}\n")
-                    if task is not None:
-                        progress.advance(task, n)
-                (tmp / lists[split]).write_text("".join(lines))
-                failpoint("data-generation")
-        (tmp / "COMPLETE").write_text(f"shapes generator v{GENERATOR_VERSION}, seed {seed}\n")
+        task = progress.add_task(f"generating {w.name}", total=total) if progress else None
+        jobs = [(str(tmp), w.name, seed, di, style, folder, si, split, n, ci, name)
+                for di, (style, folder, _, _) in enumerate(domains)
+                for si, (split, n) in enumerate(per_class.items()) for ci, name in enumerate(classes)]
+        workers = min(len(domains), os.cpu_count() or 1, 4)
+        pool = Pool(workers) if total >= 2000 and workers > 1 else None  # every image has its own seed: same files
+        try:
+            done = pool.imap(_render_class_files, jobs) if pool else map(_render_class_files, jobs)
+            lines: list[str] = []
+            for job, rels in zip(jobs, done):
+                lines += [f"{rel} {job[9]}\n" for rel in rels]
+                if task is not None:
+                    progress.advance(task, len(rels))
+                if job[9] == len(classes) - 1:  # the last class of one domain's split: its list is complete
+                    lists = {"train": domains[job[3]][2], "test": domains[job[3]][3]}
+                    (tmp / lists[job[7]]).write_text("".join(lines))
+                    lines = []
+                    failpoint("data-generation")
+        finally:
+            if pool is not None:
+                pool.terminate()
+        (tmp / "COMPLETE").write_text(f"{w.name} generator v{w.version}, seed {seed}\n")
         try:
             os.rename(tmp, out)
         except OSError:  # another process finished first; its copy is identical
