@@ -7,25 +7,28 @@
 #   bash results/make_leaderboard.sh --workers 2
 #
 # Options: --workers N (sweep worker processes, default 2), --results DIR (run store, default results/shapes65),
-# --seeds S (seeds of the adapting methods, default 0-2). CLIPN is left out: no CLIPN weights exist for the
-# built-in model.
+# --seeds S (seeds of the methods that draw at random, default 0-2), --tables-only (render the files from the runs
+# stored so far, run nothing). CLIPN is left out: no CLIPN weights exist for the built-in model.
 set -euo pipefail
-W=2; R=results/shapes65; S=0-2
+W=2; R=results/shapes65; S=0-2; RUN=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) W=$2; shift 2 ;;
     --results) R=$2; shift 2 ;;
     --seeds) S=$2; shift 2 ;;
-    *) echo "Error: unknown option $1; use --workers N, --results DIR or --seeds S" >&2; exit 2 ;;
+    --tables-only) RUN=0; shift ;;
+    *) echo "Error: unknown option $1; use --workers N, --results DIR, --seeds S or --tables-only" >&2; exit 2 ;;
   esac
 done
 common=(--dataset shapes65 --protocol all --domain all --results "$R" --workers "$W")
 METHODS=zeroshot,gda,tda,tent,ent,im,ueo,tpt,pouf,upl
-# zero-shot and GDA draw nothing at random: one seed is every seed
-ueobench sweep --method zeroshot,gda --seed 0 "${common[@]}"
-# seed 0 of every other method first (cheapest first), then the other seeds
-ueobench sweep --method tda,tent,ent,im,ueo,tpt,pouf,upl --seed 0 "${common[@]}"
-ueobench sweep --method tda,tent,ent,im,ueo,tpt,pouf,upl --seed "$S" "${common[@]}"
+if [ "$RUN" = 1 ]; then
+  # zero-shot and GDA draw nothing at random: one seed is every seed
+  ueobench sweep --method zeroshot,gda --seed 0 "${common[@]}"
+  # seed 0 of every other method first (cheapest first), then the other seeds
+  ueobench sweep --method tda,tent,ent,im,ueo,tpt,pouf,upl --seed 0 "${common[@]}"
+  ueobench sweep --method tda,tent,ent,im,ueo,tpt,pouf,upl --seed "$S" "${common[@]}"
+fi
 ueobench export --results "$R" --format csv --output results/shapes65_runs.csv
 tab() { ueobench table --results "$R" --dataset shapes65 --method "$METHODS" "$@"; }
 {
@@ -36,6 +39,22 @@ tab() { ueobench table --results "$R" --dataset shapes65 --method "$METHODS" "$@
   echo "published. Test split (all 65 classes), mean ± std over the seeds each cell holds (the seed count is in"
   echo "the per-run file results/shapes65_runs.csv; zero-shot and GDA are deterministic and run once). Regenerate"
   echo "with \`bash results/make_leaderboard.sh --workers 2\`."
+  echo
+  echo "Runs per method (shifts x domains x seeds) in this file:"
+  echo
+  python3 - results/shapes65_runs.csv <<'PY'
+import csv, sys
+from collections import defaultdict
+runs, seeds = defaultdict(int), defaultdict(set)
+for r in csv.DictReader(open(sys.argv[1])):
+    if r["dataset"] == "shapes65":
+        runs[r["method"]] += 1
+        seeds[r["method"]].add(int(r["seed"]))
+print("| method | runs | seeds |")
+print("|:---|---:|:---|")
+for m in sorted(runs):
+    print(f"| {m} | {runs[m]} of {20 * (1 if m in ('zeroshot', 'gda') else 3)} | {', '.join(map(str, sorted(seeds[m])))} |")
+PY
   echo
   echo "## acc, methods x shifts (averaged over the 4 domains)"
   echo

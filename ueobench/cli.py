@@ -522,7 +522,9 @@ def data_check(dataset: str, domain: str | None, protocol: str, data_root: str |
 @click.option("--out", default=None, help="Where to write the weights (default: the built-in weights file).")
 @click.option("--steps", default=None, type=int, help="Optimiser steps (default: the shipped recipe).")
 @click.option("--minutes", default=None, type=float, help="Stop after this many minutes.")
-def pretrain(world: str, out: str | None, steps: int | None, minutes: float | None) -> None:
+@click.option("--pool", default=None, type=click.IntRange(min=1),
+              help="Image-caption pairs to render (default: the shipped recipe's).")
+def pretrain(world: str, out: str | None, steps: int | None, minutes: float | None, pool: int | None) -> None:
     """Retrain the tiny CLIP of a built-in world from scratch on the CPU (shapes: under an hour; shapes65: about
     80 minutes on 2 cores)."""
     from pathlib import Path
@@ -534,6 +536,8 @@ def pretrain(world: str, out: str | None, steps: int | None, minutes: float | No
         cfg.steps = steps
     if minutes is not None:
         cfg.minutes = minutes
+    if pool is not None:
+        cfg.pool = pool
     summary = run_pretrain(cfg, Path(out) if out else default_output(world), log=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(summary, indent=1))
 
