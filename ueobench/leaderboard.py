@@ -45,7 +45,7 @@ CODE_CHOICES = ("current", "all")
 
 
 def records_frame(results: str | Path, score: str | None = None, rule: str | None = None,
-                  code: str = "current") -> tuple[list[dict[str, Any]], int, int]:
+                  code: str = "current", selected: Any = None) -> tuple[list[dict[str, Any]], int, int]:
     """One row per (run, split) with identity columns and metrics (percent), optionally recomputed, and the
     number of runs left out because they were made by other code than the installed one (``code="current"``)
     and because their record or saved predictions could not be read.
@@ -54,7 +54,10 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
     ``code="all"``, runs of other code keep their own rows, marked with their code fingerprint.
 
     Runs whose plans differ only in the score or rule they were made with (a GL-MCM run beside an MCM one)
-    count once: the run made with the asked score (else with MCM) stands for them."""
+    count once: the run made with the asked score (else with MCM) stands for them.
+
+    ``selected(row) -> bool`` names the rows a table will show: only those are recomputed (a recomputation
+    reads the predictions and may cluster them); the others keep their stored metrics."""
     from .fingerprints import code_status
 
     if code not in CODE_CHOICES:
@@ -96,9 +99,12 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
         else:
             lacking = []
         for split, m in sorted(rec.metrics.items()):
+            row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
+                   "seed": rec.seed, "method_name": rec.method, "method": label, "split": split,
+                   "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking)}
             if lacking:  # never fall back to another score: build_tables refuses these rows if they are selected
                 m = {}
-            elif recompute:
+            elif recompute and (selected is None or selected(row)):
                 try:
                     extras = {k: preds[f"{split}_{k}"] for k in needs}
                     m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec.num_known,
@@ -106,9 +112,6 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 except ValueError as e:
                     raise UeobenchError(f"{rec.path}: saved predictions do not match the record ({e}); rerun it "
                                         f"with --force") from None
-            row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
-                   "seed": rec.seed, "method_name": rec.method, "method": label, "split": split,
-                   "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking)}
             for k in METRICS:
                 v = m.get(k)
                 row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
@@ -195,7 +198,13 @@ def build_tables(
     rows, cols = _axis(rows), _axis(cols)
     if rows == cols:
         raise UeobenchError("--rows and --cols must differ")
-    df, left_out, unreadable = records_frame(results, score, rule, code)
+    def selected(row: dict[str, Any]) -> bool:
+        try:
+            return row["split"] == split and bool(_filter([row], filters or {}))
+        except UeobenchError:
+            return False
+
+    df, left_out, unreadable = records_frame(results, score, rule, code, selected)
     if not df:
         if left_out:
             raise UeobenchError(f"all {left_out} finished runs under {Path(results) / 'runs'} were made by other code "

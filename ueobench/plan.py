@@ -198,8 +198,12 @@ class Planner:
                           option_label(method_cls.name, changed), changed)
 
 
+DEFAULT_DATASET = "shapes"  # the built-in demo world: what a bare `ueobench run --domain real` means
+
+
 def resolve_dataset(domain: str, dataset: str | None, data_root: str | None):
-    """Pick the dataset: the one named, else the only configured dataset that has this domain."""
+    """Pick the dataset: the one named, else the only configured dataset that has this domain, else the default
+    one (``shapes``) when it is among several (``shapes65`` shares its domain names and is asked for by name)."""
     from . import data as data_mod
     from .protocols import list_datasets, load_protocol
     from .registry import suggest
@@ -222,6 +226,14 @@ def resolve_dataset(domain: str, dataset: str | None, data_root: str | None):
             warnings.warn(f"domain '{domain}' is also in {others} (no data configured); using dataset "
                           f"'{configured[0].name}'; pass --dataset to pick another", stacklevel=2)
         return configured[0]
+    default = [p for p in configured if p.name == DEFAULT_DATASET]
+    if len(configured) > 1 and default:
+        import warnings
+
+        others = ", ".join(p.name for p in configured if p is not default[0])
+        warnings.warn(f"domain '{domain}' is also in {others}; using the default dataset '{DEFAULT_DATASET}'; "
+                      f"pass --dataset to pick another", stacklevel=2)
+        return default[0]
     if len(configured) > 1:
         names = ", ".join(p.name for p in configured)
         raise UeobenchError(f"domain '{domain}' is in several configured datasets ({names}); pick one with --dataset")
