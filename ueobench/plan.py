@@ -203,7 +203,8 @@ DEFAULT_DATASET = "shapes"  # the built-in demo world: what a bare `ueobench run
 
 def resolve_dataset(domain: str, dataset: str | None, data_root: str | None):
     """Pick the dataset: the one named, else the only configured dataset that has this domain, else the default
-    one (``shapes``) when it is among several (``shapes65`` shares its domain names and is asked for by name)."""
+    one (``shapes``) when only built-in worlds share the name (``shapes65`` is asked for by name); a configured
+    real dataset beside them makes the name ambiguous."""
     from . import data as data_mod
     from .protocols import list_datasets, load_protocol
     from .registry import suggest
@@ -227,7 +228,7 @@ def resolve_dataset(domain: str, dataset: str | None, data_root: str | None):
                           f"'{configured[0].name}'; pass --dataset to pick another", stacklevel=2)
         return configured[0]
     default = [p for p in configured if p.name == DEFAULT_DATASET]
-    if len(configured) > 1 and default:
+    if len(configured) > 1 and default and all(p.builtin for p in configured):  # never over real data
         import warnings
 
         others = ", ".join(p.name for p in configured if p is not default[0])
