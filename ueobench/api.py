@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UeobenchError
+from .plan import DEFAULT_DATASET
 from .plugins import PLUGIN_DIRS, add_plugin_folder
 from .protocols import SHIFTS, list_datasets, load_protocol
 from .scores import SCORES
@@ -28,7 +29,7 @@ def run(progress: Any = None, **kwargs: Any):
     return _run(RunRequest(**kwargs), progress=progress)
 
 
-def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset: str = "shapes",
+def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset: str = DEFAULT_DATASET,
                seed: str = "0", backbone: str | None = None, options: dict[str, str] | None = None,
                device: str = "auto", data_root: str | None = None, results: str = "results", score: str = "mcm"):
     """A grid from the CLI's spelling: comma-separated lists or ``all``, seed ranges (``0-2``), and option

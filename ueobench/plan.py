@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from .errors import UeobenchError
 #: (2: activation, method code, score and rule entered the identity; precision stays as requested).
 PLAN_VERSION = 2
 DEFAULT_RULE = "nent:0.5"
+#: the built-in demo world: the CLI's and the API's default dataset, and what a bare ``--domain real`` means
+DEFAULT_DATASET = "shapes"
 
 
 @dataclass
@@ -198,9 +201,6 @@ class Planner:
                           option_label(method_cls.name, changed), changed)
 
 
-DEFAULT_DATASET = "shapes"  # the built-in demo world: what a bare `ueobench run --domain real` means
-
-
 def resolve_dataset(domain: str, dataset: str | None, data_root: str | None):
     """Pick the dataset: the one named, else the only configured dataset that has this domain, else the default
     one (``shapes``) when only built-in worlds share the name (``shapes65`` is asked for by name); a configured
@@ -221,16 +221,12 @@ def resolve_dataset(domain: str, dataset: str | None, data_root: str | None):
     configured = [p for p in having if data_mod.is_available(p, data_root)]
     if len(configured) == 1:
         if len(having) > 1:
-            import warnings
-
             others = ", ".join(p.name for p in having if p is not configured[0])
             warnings.warn(f"domain '{domain}' is also in {others} (no data configured); using dataset "
                           f"'{configured[0].name}'; pass --dataset to pick another", stacklevel=2)
         return configured[0]
     default = [p for p in configured if p.name == DEFAULT_DATASET]
     if len(configured) > 1 and default and all(p.builtin for p in configured):  # never over real data
-        import warnings
-
         others = ", ".join(p.name for p in configured if p is not default[0])
         warnings.warn(f"domain '{domain}' is also in {others}; using the default dataset '{DEFAULT_DATASET}'; "
                       f"pass --dataset to pick another", stacklevel=2)
