@@ -174,3 +174,40 @@ def test_submitit_local_executor(cli, plugin):
     assert r.exit_code == 0, r.output
     assert "2 done" in r.output and len(log.read_text().splitlines()) == 2
     assert list(Path("results/submitit").iterdir())
+
+
+class _Recorder:
+    """A progress reporter that keeps what the sweep told it."""
+
+    def __init__(self):
+        self.tasks: dict[int, dict] = {}
+
+    def add_task(self, description, total=None, **fields):
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0}
+        return len(self.tasks) - 1
+
+    def advance(self, tid, amount=1, **fields):
+        self.tasks[tid]["completed"] += amount
+
+    def update(self, tid, completed=None, **fields):
+        if completed is not None:
+            self.tasks[tid]["completed"] = completed
+
+
+def test_resumed_sweep_counts_only_the_runs_it_executes(tmp_path, plugin):
+    """Skipped runs are not work: counting them made a resumed sweep's rate huge and its ETA seconds."""
+    plugins, log = plugin
+    plan, names = _plan(tmp_path, plugins, seeds=3)
+    results = str(tmp_path / "results")
+    _, jobs, _ = sw.load_plan(plan)
+    sw.run_local(jobs[:1], names[:1], retry_failed=False, force=False)
+    rec = _Recorder()
+    codes = sw.run_workers(plan, 2, retry_failed=False, force=False, names=names, results=results, progress=rec)
+    assert codes == [0, 0]
+    [task] = rec.tasks.values()
+    assert task["total"] == 2 and task["completed"] == 2 and "1 already settled" in task["description"]
+    rec = _Recorder()
+    sw.run_local(jobs, names, retry_failed=False, force=False, progress=rec)  # all done: nothing to count
+    [task] = rec.tasks.values()
+    assert task["total"] == 0 and task["completed"] == 0 and "3 already settled" in task["description"]
+    assert len(log.read_text().splitlines()) == 3  # each run executed once

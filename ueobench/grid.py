@@ -277,16 +277,31 @@ def _finished_line(results: str | Path, name: str, what: str, i: int, n: int) ->
 def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, progress=None,
               echo=None) -> dict[str, int]:
     outcome: dict[str, int] = {}
-    task = progress.add_task("sweep", total=len(jobs)) if progress is not None else None
+    todo = _to_run(jobs[0].results, names, retry_failed, force) if jobs else set()
+    task = progress.add_task(_sweep_label("sweep", len(names) - len(todo)), total=len(todo)) if progress is not None \
+        else None
     planner = Planner()
     for i, (req, name) in enumerate(zip(jobs, names), 1):
         what = execute(req, name, retry_failed, force, planner)
         outcome[what] = outcome.get(what, 0) + 1
         if echo is not None:
             echo(_finished_line(req.results, name, what, i, len(jobs)))
-        if task is not None:
+        if task is not None and name in todo:
             progress.advance(task)
     return outcome
+
+
+def _to_run(results: str | Path, names: list[str], retry_failed: bool, force: bool) -> set[str]:
+    """The runs a sweep will actually execute: progress, rate and ETA count these only, so that resuming a
+    sweep whose runs are mostly done does not report the skipped ones as work done in no time."""
+    if force:
+        return set(names)
+    settled = {"done"} | (set() if retry_failed else {"failed"})
+    return {x for x in names if state(results, x) not in settled}
+
+
+def _sweep_label(label: str, settled: int) -> str:
+    return f"{label}, {settled} already settled" if settled else label
 
 
 def worker_main(plan_path: str, retry_failed: bool = False, force: bool = False) -> dict[str, int]:
@@ -318,7 +333,9 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
         cmd = [sys.executable, "-m", "ueobench.grid", str(plan_path)] + (["--retry-failed"] if retry_failed else []) + (
             ["--force"] if force else [])
         procs.append(subprocess.Popen(cmd, env=env))
-    task = progress.add_task(f"sweep ({n} workers)", total=len(names)) if progress is not None else None
+    todo = {x for x in names if before.get(x) not in settled} if not force else set(names)
+    task = progress.add_task(_sweep_label(f"sweep ({n} workers)", len(names) - len(todo)), total=len(todo)) \
+        if progress is not None else None
     reported: set[str] = set()
     while True:
         alive = any(p.poll() is None for p in procs)
@@ -330,7 +347,7 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
                     what = settled.get(before.get(x, ""), st)
                     echo(_finished_line(results, x, what, len(reported), len(names)))
         if task is not None:
-            progress.update(task, completed=len(reported))
+            progress.update(task, completed=len(reported & todo))
         if not alive:
             break
         time.sleep(1.0)
