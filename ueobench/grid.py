@@ -333,7 +333,7 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
         cmd = [sys.executable, "-m", "ueobench.grid", str(plan_path)] + (["--retry-failed"] if retry_failed else []) + (
             ["--force"] if force else [])
         procs.append(subprocess.Popen(cmd, env=env))
-    todo = {x for x in names if before.get(x) not in settled} if not force else set(names)
+    todo = _to_run(results, names, retry_failed, force)
     task = progress.add_task(_sweep_label(f"sweep ({n} workers)", len(names) - len(todo)), total=len(todo)) \
         if progress is not None else None
     reported: set[str] = set()
