@@ -277,7 +277,8 @@ def _finished_line(results: str | Path, name: str, what: str, i: int, n: int) ->
 def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, progress=None,
               echo=None) -> dict[str, int]:
     outcome: dict[str, int] = {}
-    todo = _to_run(jobs[0].results, names, retry_failed, force) if jobs else set()
+    states = {} if force else {x: state(req.results, x) for req, x in zip(jobs, names)}
+    todo = _to_run(names, states, retry_failed, force)
     task = progress.add_task(_sweep_label("sweep", len(names) - len(todo)), total=len(todo)) if progress is not None \
         else None
     planner = Planner()
@@ -291,13 +292,14 @@ def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, forc
     return outcome
 
 
-def _to_run(results: str | Path, names: list[str], retry_failed: bool, force: bool) -> set[str]:
-    """The runs a sweep will actually execute: progress, rate and ETA count these only, so that resuming a
-    sweep whose runs are mostly done does not report the skipped ones as work done in no time."""
+def _to_run(names: list[str], states: dict[str, str], retry_failed: bool, force: bool) -> set[str]:
+    """The runs a sweep will actually execute, from their ``state`` at its start: progress, rate and ETA count
+    these only, so that resuming a sweep whose runs are mostly done does not report the skipped ones as work done
+    in no time."""
     if force:
         return set(names)
     settled = {"done"} | (set() if retry_failed else {"failed"})
-    return {x for x in names if state(results, x) not in settled}
+    return {x for x in names if states.get(x) not in settled}
 
 
 def _sweep_label(label: str, settled: int) -> str:
@@ -333,7 +335,7 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
         cmd = [sys.executable, "-m", "ueobench.grid", str(plan_path)] + (["--retry-failed"] if retry_failed else []) + (
             ["--force"] if force else [])
         procs.append(subprocess.Popen(cmd, env=env))
-    todo = _to_run(results, names, retry_failed, force)
+    todo = _to_run(names, before, retry_failed, force)
     task = progress.add_task(_sweep_label(f"sweep ({n} workers)", len(names) - len(todo)), total=len(todo)) \
         if progress is not None else None
     reported: set[str] = set()
