@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from conftest import best_time, report
-from ueobench.backbones import load_backbone
-from ueobench.losses import ueo_loss
-from ueobench.metrics import evaluate
-from ueobench.prompt_learner import PromptLearner
+from ueobench.models.backbones import load_backbone
+from ueobench.adapt.losses import ueo_loss
+from ueobench.scoring.metrics import evaluate
+from ueobench.adapt.prompt_learner import PromptLearner
 
 
 def class_names(n: int) -> list[str]:
-    from ueobench.protocols import load_protocol
+    from ueobench.data.protocols import load_protocol
 
     return list(load_protocol("domainnet").classes[:n])
 

@@ -45,17 +45,18 @@ def big_dataset(tmp_path_factory):
 
 
 def test_planning_a_thousand_runs(benchmark, big_dataset):
-    from ueobench import grid as sw
-    from ueobench.plan import Planner
+    from ueobench.sweeps.jobs import job_names
+    from ueobench.sweeps.spec import SweepSpec, expand
+    from ueobench.runs.plan import Planner
 
     proto, data_root = big_dataset
-    spec = sw.SweepSpec(methods=["zeroshot", "ent", "im", "ueo", "tent"], protocols=["cda", "pda", "oda", "opda", "csda"],
+    spec = SweepSpec(methods=["zeroshot", "ent", "im", "ueo", "tent"], protocols=["cda", "pda", "oda", "opda", "csda"],
                         domains=["a", "b"], datasets=[str(proto)], seeds=list(range(20)), backbones=["tiny-vit:random"],
                         data_root=str(data_root))
-    jobs = sw.expand(spec)
+    jobs = expand(spec)
     assert len(jobs) == 1000
     t = time.perf_counter()
-    names = sw.job_names(jobs)
+    names = job_names(jobs)
     shared = time.perf_counter() - t
     assert len(set(names)) == 1000
     sample = jobs[:10]

@@ -25,7 +25,8 @@ def _features():
 
 
 def _method(name: str, text: torch.Tensor, **options):
-    from ueobench.method import build_options, get_method
+    from ueobench.method.options import build_options
+    from ueobench.method.registry import get_method
 
     cls = get_method(name)
     m = cls(build_options(cls, {k: str(v) for k, v in options.items()}))

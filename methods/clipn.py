@@ -22,9 +22,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ueobench.clip_ops import class_display_name, encode_images
-from ueobench.errors import UeobenchError
-from ueobench.method import AdaptContext, Method, Options, option, register_method
+from ueobench import (
+    AdaptContext,
+    Method,
+    Options,
+    UeobenchError,
+    option,
+    register_method,
+)
+from ueobench.models import class_display_name, encode_images
 
 _OF = [
     "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a low resolution photo of the {}.",

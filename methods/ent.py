@@ -1,9 +1,8 @@
 """Conditional-entropy minimisation on UEO's parameters, optimiser and schedule (an ablation baseline)."""
 from __future__ import annotations
 
-from ueobench.losses import entropy_loss
-from ueobench.method import register_method
-from ueobench.prompt_tuning import PromptTuningMethod
+from ueobench import register_method
+from ueobench.adapt import PromptTuningMethod, entropy_loss
 
 
 @register_method("ent")

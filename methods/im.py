@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ueobench.losses import im_loss
-from ueobench.method import option, register_method
-from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
+from ueobench import option, register_method
+from ueobench.adapt import PromptTuningMethod, PromptTuningOptions, im_loss
 
 
 @register_method("im")

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ueobench.losses import im_loss, pouf_transport_loss
-from ueobench.method import option, register_method
-from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
-from ueobench.trainer import TrainSpec
-from ueobench.transforms import square_resize_then_crop
+from ueobench import option, register_method
+from ueobench.adapt import (
+    PromptTuningMethod,
+    PromptTuningOptions,
+    TrainSpec,
+    im_loss,
+    pouf_transport_loss,
+    square_resize_then_crop,
+)
 
 
 def pouf_decay(step: int, total: int) -> float:

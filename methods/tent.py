@@ -20,11 +20,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ueobench.losses import entropy_from_logits
-from ueobench.method import option, register_method
-from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
-from ueobench.trainer import TrainSpec
-from ueobench.tuning import batchnorms
+from ueobench import option, register_method
+from ueobench.adapt import (
+    PromptTuningMethod,
+    PromptTuningOptions,
+    TrainSpec,
+    entropy_from_logits,
+)
+from ueobench.models import batchnorms
 
 
 @register_method("tent")

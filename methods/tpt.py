@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ueobench.augmix import TPTViews
-from ueobench.clip_ops import encode_images
-from ueobench.method import Method, Options, option, register_method
-from ueobench.prompt_learner import PromptLearner
+from ueobench import Method, Options, option, register_method
+from ueobench.adapt import PromptLearner, TPTViews
+from ueobench.models import encode_images
 
 
 @register_method("tpt")

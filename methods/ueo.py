@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ueobench.losses import ueo_loss
-from ueobench.method import option, register_method
-from ueobench.prompt_tuning import PromptTuningMethod, PromptTuningOptions
+from ueobench import option, register_method
+from ueobench.adapt import PromptTuningMethod, PromptTuningOptions, ueo_loss
 
 WEIGHTS = ("msp", "none", "oracle")
 

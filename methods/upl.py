@@ -16,11 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ueobench.clip_ops import encode_images, encode_texts, prompt_texts
-from ueobench.method import Method, Options, option, register_method
-from ueobench.prompt_learner import PromptLearner
-from ueobench.trainer import TrainSpec, fit
-from ueobench.transforms import random_resized_crop
+from ueobench import Method, Options, option, register_method
+from ueobench.adapt import PromptLearner, TrainSpec, fit, random_resized_crop
+from ueobench.models import encode_images, encode_texts, prompt_texts
 
 WARMUP_LR = 1e-5  # Dassl's WARMUP_CONS_LR in UPL's configs
 

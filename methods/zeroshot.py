@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ueobench.clip_ops import encode_images, encode_texts, prompt_texts
-from ueobench.method import AdaptContext, Method, Options, option, register_method
+from ueobench import AdaptContext, Method, Options, option, register_method
+from ueobench.models import encode_images, encode_texts, prompt_texts
 
 
 @register_method("zeroshot")

@@ -29,23 +29,19 @@ def _in_tmp_cwd(tmp_path, monkeypatch):
     """Each test runs in its own folder, so ``results/``, ``ueobench.toml`` and cached features never leak."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("UEOBENCH_FEATURE_CACHE", str(tmp_path / "feature-cache"))
-    from ueobench import plugins
-    from ueobench.method import METHODS
+    from ueobench.method import plugins
+    from ueobench.method.registry import METHODS
 
     METHODS.names()  # the built-ins, loaded once
-    saved = list(plugins.PLUGIN_DIRS)
-    items, origins = dict(METHODS._items), dict(METHODS._origins)
+    saved, state = list(plugins.PLUGIN_DIRS), METHODS.snapshot()
     yield
     plugins.PLUGIN_DIRS[:] = saved  # --plugins folders and the methods they registered never leak into the next test
-    METHODS._items.clear()
-    METHODS._items.update(items)
-    METHODS._origins.clear()
-    METHODS._origins.update(origins)
+    METHODS.restore(state)
 
 
 @pytest.fixture
 def cli():
-    from ueobench.cli import cli as group
+    from ueobench.cli.app import cli as group
 
     runner = CliRunner()
 
@@ -103,8 +99,8 @@ def make_tiny_clipn(path: Path, arch: str = "tiny-vit", seed: int = 0, same_as_y
     ``state_dict``). ``same_as_yes``: the "no" tower is a copy of the ordinary one with zero "no" prompts."""
     import torch
 
-    from ueobench.backbones import register_model_configs
-    from ueobench.clipn_checkpoint import save_clipn_checkpoint
+    from ueobench.models.backbones import register_model_configs
+    from ueobench.models.clipn_checkpoint import save_clipn_checkpoint
 
     import open_clip
 

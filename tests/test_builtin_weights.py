@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ueobench.backbones import builtin_weights, load_backbone, weights_checksum
-from ueobench.errors import UeobenchError
-from ueobench.protocols import load_protocol
+from ueobench.models.backbones import builtin_weights, load_backbone, weights_checksum
+from ueobench.core.errors import UeobenchError
+from ueobench.data.protocols import load_protocol
 
 WEIGHTS = Path(str(resources.files("ueobench.weights")))
 FLOOR = {"real": 0.70, "clipart": 0.70}  # documented in the README; measured values are well above

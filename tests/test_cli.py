@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, make_toy_tree, toy_protocol
-from ueobench.records import load_predictions
+from ueobench.store.records import load_predictions
 
 RUN = ("run", "--method", "zeroshot", "--protocol", "opda", "--domain", "clipart", "--backbone", TINY)
 
@@ -166,7 +166,7 @@ PLUGIN = '''
 from dataclasses import dataclass
 import torch
 from ueobench import Method, Options, register_method
-from ueobench.clip_ops import encode_images
+from ueobench.models.clip_ops import encode_images
 
 
 @register_method("randproto")
@@ -198,7 +198,7 @@ def test_plugin_folder_appears_in_every_command(cli, tmp_path):
     assert r.exit_code == 0, r.output
     assert "randproto" in cli("table").output
     (plugins / "clash.py").write_text(PLUGIN.replace("class RandomPrototypes", "class Other"))
-    from ueobench import plugins as plugin_mod
+    from ueobench.method import plugins as plugin_mod
 
     plugin_mod.PLUGIN_DIRS.clear()
     r = cli("--plugins", str(plugins), "list", "methods")

@@ -13,7 +13,7 @@ from conftest import TINY
 HEAVY = ("torch", "open_clip", "sklearn")
 PROBE = """
 import sys
-from ueobench.cli import main
+from ueobench.cli.app import main
 sys.argv = ["ueobench", *sys.argv[1:]]
 try:
     main()
@@ -104,7 +104,7 @@ def test_plugins_after_the_subcommand_and_cache_honours_xdg(cli, tmp_path, monke
         "from ueobench import Method, register_method\n\n\n@register_method('mine')\nclass Mine(Method):\n"
         "    \"\"\"A method that only exists in a plugin folder.\"\"\"\n")
     assert "mine" in cli("list", "methods", "--plugins", str(d)).output
-    from ueobench.paths import cache_root
+    from ueobench.core.paths import cache_root
 
     monkeypatch.delenv("UEOBENCH_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

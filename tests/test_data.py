@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 from conftest import TOY_CLASSES, make_toy_tree, toy_protocol, write_image, write_list
-from ueobench import data as D
-from ueobench.errors import DataError
-from ueobench.protocols import load_protocol, load_protocol_file
+from ueobench.data.check import check_domain
+from ueobench.data.dataset import apply_shift, load_domain
+from ueobench.data.sources import open_image
+from ueobench.core.errors import DataError
+from ueobench.data.protocols import load_protocol, load_protocol_file
 
 
 @pytest.fixture
@@ -23,7 +25,7 @@ def toy(tmp_path):
 def test_folder_tree_matches_class_names_loosely(toy):
     proto, root = toy
     make_toy_tree(root, "Art", per_class=2)
-    dd = D.load_domain(proto, "art", data_root=str(root.parent))
+    dd = load_domain(proto, "art", data_root=str(root.parent))
     assert dd.source == "folder"
     assert sorted({e.label for e in dd.test}) == list(range(6))
     assert len(dd.test) == 12 and dd.adapt == dd.test
@@ -37,7 +39,7 @@ def test_folder_with_unknown_class_is_an_error(toy):
     make_toy_tree(root, "Art", per_class=1)
     (root / "Art" / "Giraffe").mkdir()
     with pytest.raises(DataError, match="Giraffe: folder matches no class"):
-        D.load_domain(proto, "Art", data_root=str(root.parent))
+        load_domain(proto, "Art", data_root=str(root.parent))
 
 
 def test_image_list_and_shift_remapping(toy):
@@ -45,16 +47,16 @@ def test_image_list_and_shift_remapping(toy):
     make_toy_tree(root, "Art", per_class=2)
     lines = [f"Art/{c}/{i:03d}.png {ci}" for ci, c in enumerate(["Alarm_Clock", "Back_Pack", "Bike", "CUP", "Desk_Lamp", "eraser"]) for i in range(2)]
     write_list(root, "Art", lines)
-    dd = D.load_domain(proto, "Art", data_root=str(root.parent))
+    dd = load_domain(proto, "Art", data_root=str(root.parent))
     assert dd.source == "list" and len(dd.test) == 12
-    sd = D.apply_shift(proto, "opda", dd)
+    sd = apply_shift(proto, "opda", dd)
     # opda: known 0..3, target {0, 1, 4}; benchmark labels: known 0..3, then 4 -> 4, 5 -> 5
     assert sorted({y for _, y in sd.adapt}) == [0, 1, 4]
     assert sorted({y for _, y in sd.test}) == [0, 1, 2, 3, 4, 5]
     assert sd.known_names == TOY_CLASSES[:4]
-    pda = D.apply_shift(proto, "pda", dd)
+    pda = apply_shift(proto, "pda", dd)
     assert sorted({y for _, y in pda.adapt}) == [0, 1]
-    csda = D.apply_shift(proto, "csda", dd)
+    csda = apply_shift(proto, "csda", dd)
     assert csda.split.num_known == 6 and len(csda.adapt) == 12
 
 
@@ -70,7 +72,7 @@ def test_list_rejects_escaping_paths_and_bad_labels(toy, tmp_path):
     ]:
         write_list(root, "Art", [line])
         with pytest.raises(DataError, match=msg):
-            D.load_domain(proto, "Art", data_root=str(root.parent))
+            load_domain(proto, "Art", data_root=str(root.parent))
 
 
 def test_duplicate_list_entries_are_counted_and_skipped(toy):
@@ -78,7 +80,7 @@ def test_duplicate_list_entries_are_counted_and_skipped(toy):
     make_toy_tree(root, "Art", per_class=1)
     write_list(root, "Art", ["Art/Bike/000.png 2", "Art/Bike/000.png 2", "Art/CUP/000.png 3"])
     with pytest.warns(UserWarning, match="duplicate"):
-        dd = D.load_domain(proto, "Art", data_root=str(root.parent))
+        dd = load_domain(proto, "Art", data_root=str(root.parent))
     assert len(dd.test) == 2 and dd.skipped["duplicate list entries"] == 1
 
 
@@ -95,7 +97,7 @@ def test_hugging_face_saved_dataset_with_classlabel(toy, tmp_path):
     ds.save_to_disk(str(root / "Art"))
     cfg = tmp_path / "ueobench.toml"
     cfg.write_text('[datasets.toy]\nimage_column = "img"\nlabel_column = "y"\n')
-    dd = D.load_domain(proto, "Art", data_root=str(root.parent))
+    dd = load_domain(proto, "Art", data_root=str(root.parent))
     assert dd.source == "hf"
     assert [e.label for e in dd.test] == [5, 2, 0, 3, 1, 4]
     assert dd.opener(dd.test[0].ref).size == (8, 8)
@@ -105,29 +107,29 @@ def test_hugging_face_imagefolder_source(toy, tmp_path):
     proto, root = toy
     make_toy_tree(root, "Art", per_class=2, folder_names=["alarm_clock", "back_pack", "bike", "cup", "desk_lamp", "eraser"])
     (tmp_path / "ueobench.toml").write_text(f'[datasets.toy]\nsource = "hf"\nhf_path = "{root / "Art"}"\n')
-    dd = D.load_domain(proto, "Art")
+    dd = load_domain(proto, "Art")
     assert dd.source == "hf" and len(dd.test) == 12
     assert sorted({e.label for e in dd.test}) == list(range(6))
     assert dd.opener(dd.adapt[3].ref).mode == "RGB"
 
 
 def test_data_root_precedence(tmp_path, monkeypatch):
-    from ueobench import settings
+    from ueobench.data import settings
 
     (tmp_path / "ueobench.toml").write_text('data_root = "from_toml"\n')
-    assert settings.data_root(None)[0] == tmp_path / "from_toml"
+    assert settings.load().resolve_root(None)[0] == tmp_path / "from_toml"
     monkeypatch.setenv("UEOBENCH_DATA", "/from/env")
-    assert settings.data_root(None)[0] == Path("/from/env")
-    assert settings.data_root("/from/cli")[0] == Path("/from/cli")
+    assert settings.load().resolve_root(None)[0] == Path("/from/env")
+    assert settings.load().resolve_root("/from/cli")[0] == Path("/from/cli")
 
 
 def test_missing_data_names_dataset_path_and_homepage(tmp_path):
     proto = load_protocol("officehome")
     with pytest.raises(DataError) as e:
-        D.load_domain(proto, "Art")
+        load_domain(proto, "Art")
     assert "no data root for dataset 'officehome'" in str(e.value) and "hemanthdv.org" in str(e.value)
     with pytest.raises(DataError) as e:
-        D.load_domain(proto, "Art", data_root=str(tmp_path))
+        load_domain(proto, "Art", data_root=str(tmp_path))
     assert str(tmp_path / "office-home") in str(e.value) and "hemanthdv.org" in str(e.value)
 
 
@@ -135,11 +137,11 @@ def test_corrupt_image_gives_clear_error(tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     with pytest.raises(DataError, match=f"cannot read image {bad}"):
-        D.open_image(str(bad))
+        open_image(str(bad))
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     with pytest.raises(DataError, match="cannot read image"):
-        D.open_image(str(empty))
+        open_image(str(empty))
 
 
 def test_check_counts_roles_and_lists_bad_files(toy):
@@ -148,8 +150,8 @@ def test_check_counts_roles_and_lists_bad_files(toy):
     (root / "Art" / "Bike" / "000.png").write_bytes(b"not an image")
     lines = [f"Art/{c}/{i:03d}.png {ci}" for ci, c in enumerate(["Alarm_Clock", "Back_Pack", "Bike", "CUP", "Desk_Lamp", "eraser"]) for i in range(2)]
     write_list(root, "Art", lines + ["Art/CUP/404.png 3"])
-    dd = D.load_domain(proto, "Art", data_root=str(root.parent))
-    r = D.check_domain(proto, "opda", dd)
+    dd = load_domain(proto, "Art", data_root=str(root.parent))
+    r = check_domain(proto, "opda", dd)
     assert r["splits"]["adapt"] == {"images": 6, "known": 4, "unknown": 2, "classes": 3}
     assert r["splits"]["test"] == {"images": 13, "known": 9, "unknown": 4, "classes": 6}
     assert [Path(p).name for p in r["missing"]] == ["404.png"]
@@ -157,7 +159,7 @@ def test_check_counts_roles_and_lists_bad_files(toy):
 
 
 def test_shapes_generation_is_deterministic(tmp_path):
-    from ueobench import shapes
+    from ueobench.data import worlds as shapes
 
     proto = load_protocol("shapes")
     doms = [(d.name, d.folder, d.adapt, d.test) for d in proto.domains[:2]]

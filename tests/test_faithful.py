@@ -10,22 +10,25 @@ import torch
 from PIL import Image
 
 from conftest import TINY
-from ueobench import runner
-from ueobench.method import build_options, get_method
+from ueobench.runs.plan import plan_run
+from ueobench.runs.request import RunRequest
+from ueobench.runs.session import start
+from ueobench.method.options import build_options
+from ueobench.method.registry import get_method
 
 RN = "tiny-rn:random"
 
 
 def session(method: str, options: dict, backbone: str = TINY, protocol: str = "opda", domain: str = "clipart"):
-    req = runner.RunRequest(method=method, protocol=protocol, domain=domain, backbone=backbone, options=options)
-    return runner.start(runner.plan_run(req))
+    req = RunRequest(method=method, protocol=protocol, domain=domain, backbone=backbone, options=options)
+    return start(plan_run(req))
 
 
 # ---------------------------------------------------------------------------------------------------- TENT
 
 
 def test_tent_entropy_is_the_reference_formula_without_epsilon():
-    from ueobench.losses import entropy_from_logits
+    from ueobench.adapt.losses import entropy_from_logits
 
     z = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [50.0, -50.0, 0.0]])
     p = torch.softmax(z, 1)
@@ -93,12 +96,12 @@ def test_tent_metrics_do_not_depend_on_list_order_beyond_shuffle_noise():
     images; batch statistics no longer come from one class at a time, so the accuracy agrees within the spread
     that different shuffles (seeds) give."""
     def acc(seed: int, reverse: bool) -> float:
-        req = runner.RunRequest(method="tent", protocol="opda", domain="clipart", backbone=RN, seed=seed,
+        req = RunRequest(method="tent", protocol="opda", domain="clipart", backbone=RN, seed=seed,
                                 options={"epochs": "1", "batch_size": "16"})
-        planned = runner.plan_run(req)
+        planned = plan_run(req)
         if reverse:
             planned.shift_data.test = list(reversed(planned.shift_data.test))
-        s = runner.start(planned)
+        s = start(planned)
         torch.manual_seed(0)  # the same weights for every seed: only the batch composition differs
         for p in s.backbone.model.parameters():
             if p.dim() > 1:
@@ -146,7 +149,7 @@ def test_upl_schedule_values():
 def test_upl_trains_with_per_epoch_lr_drop_last_and_sixteen_prompts():
     assert build_options(get_method("upl"), {}).ensemble == 16  # the reference's ensemble is the default
     s = session("upl", {"epochs": "3", "warmup_epochs": "1", "shots": "8", "ensemble": "2", "batch_size": "32"})
-    from ueobench import trainer
+    from ueobench.adapt import trainer
 
     specs = []
     original = trainer.fit
@@ -173,7 +176,7 @@ def test_upl_trains_with_per_epoch_lr_drop_last_and_sixteen_prompts():
 
 
 def test_tpt_views_are_cut_from_the_original_image_with_augmix():
-    from ueobench.augmix import OPERATIONS, TPTViews
+    from ueobench.adapt.augmix import OPERATIONS, TPTViews
 
     s = session("tpt", {"views": "8"})
     views = s.method.prediction_transform(s.backbone.preprocess)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, make_toy_tree, toy_protocol
-from ueobench.records import iter_records, load_predictions
+from ueobench.store.records import iter_records, load_predictions
 
 EXE = [sys.executable, "-m", "ueobench.cli"]
 UEO = ["run", "--method", "ueo", "--protocol", "opda", "--domain", "clipart", "--backbone", TINY,
@@ -67,12 +67,15 @@ def test_kill_at_exact_points_then_resume(cli, tmp_path, point, monkeypatch):
     assert_store_consistent()
 
 
-def test_kill_at_random_moments(cli):
+def test_kill_at_random_moments(cli, tmp_path):
+    t0 = time.monotonic()  # how long one run takes on this machine, so the kills land inside a run
+    assert cli_proc([*UEO, "--results", str(tmp_path / "timing")]).wait() == 0
+    duration = time.monotonic() - t0
     rng = random.Random(0)
     kills = 0
     for _ in range(3):
         p = cli_proc(UEO)
-        time.sleep(rng.uniform(2.0, 9.0))
+        time.sleep(rng.uniform(0.15, 0.85) * duration)
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             kills += 1
@@ -92,7 +95,7 @@ def test_nan_loss_stops_the_run_and_records_it_as_failed(cli, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "nanloss.py").write_text(
-        "import torch\nfrom ueobench.method import register_method\nfrom ueobench.prompt_tuning import PromptTuningMethod\n\n"
+        "import torch\nfrom ueobench import register_method\nfrom ueobench.adapt import PromptTuningMethod\n\n"
         "@register_method('nanloss')\nclass NanLoss(PromptTuningMethod):\n"
         "    def objective(self, probs, idx):\n        return probs.sum() * float('nan')\n"
     )
@@ -152,7 +155,7 @@ def test_unwritable_or_full_results_folder_fails_before_compute(cli, tmp_path, m
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 10**6, 10**6))
-    import ueobench.execute as execute
+    import ueobench.runs.session as execute
 
     called = []
     monkeypatch.setattr(execute, "load_backbone", lambda *a, **k: called.append(1))
@@ -175,7 +178,7 @@ def test_a_pickle_that_executes_code_is_refused(cli, tmp_path):
     assert r.exit_code == 2 and "cannot load backbone" in r.output
     assert not Path("pwned").exists()
     # a plain tensor checkpoint still loads (weights_only allows tensors)
-    from ueobench.backbones import load_backbone
+    from ueobench.models.backbones import load_backbone
 
     good = tmp_path / "good.pt"
     torch.save(load_backbone(TINY).model.state_dict(), good)
@@ -215,8 +218,9 @@ def test_bad_images_give_a_clear_error_and_no_record(cli, tmp_path, case, expect
 def test_two_hundred_runs_across_eight_workers(tmp_path):
     """Load: 200 tiny runs, 8 workers, one folder -> exactly 200 records, none executed twice."""
     from test_sweep import COUNTING
-    from ueobench import grid as sw
-    from ueobench.method import add_plugin_folder
+    from ueobench.sweeps.jobs import job_names, save_sweep
+    from ueobench.sweeps.spec import SweepSpec, expand
+    from ueobench.method.plugins import add_plugin_folder
 
     plugins = tmp_path / "plugins"
     plugins.mkdir()
@@ -224,15 +228,15 @@ def test_two_hundred_runs_across_eight_workers(tmp_path):
     log = tmp_path / "count.log"
     log.touch()
     add_plugin_folder(plugins)
-    spec = sw.SweepSpec(methods=["counting"], protocols=["cda", "pda", "oda", "opda", "csda"], domains=["all"],
+    spec = SweepSpec(methods=["counting"], protocols=["cda", "pda", "oda", "opda", "csda"], domains=["all"],
                         datasets=["shapes"], seeds=list(range(10)), backbones=[TINY], plugins=[str(plugins)],
                         results=str(tmp_path / "results"))
-    jobs = sw.expand(spec)
-    names = [sw.job_name(j) for j in jobs]
+    jobs = expand(spec)
+    names = [job_names([j])[0] for j in jobs]
     assert len(jobs) == 200
-    plan = sw.save_plan(spec, jobs, names)
+    plan = save_sweep(spec, jobs, names)
     env = {**os.environ, "COUNT_LOG": str(log), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "ueobench.grid", str(plan)], env=env) for _ in range(8)]
+    procs = [subprocess.Popen([sys.executable, "-m", "ueobench.sweeps.worker", str(plan)], env=env) for _ in range(8)]
     assert all(p.wait(timeout=3600) == 0 for p in procs)
     assert sorted(p.name for p in visible_runs(tmp_path / "results")) == sorted(names)
     assert len(log.read_text().splitlines()) == 200

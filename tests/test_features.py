@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from ueobench.records import load_predictions
+from ueobench.store.records import load_predictions
 
 RUN = ("run", "--method", "zeroshot", "--domain", "painting", "--backbone", TINY)
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import TINY, make_toy_tree
-from ueobench.data import open_image, read_folder_tree, read_image_list
-from ueobench.errors import DataError, UeobenchError
+from ueobench.data.sources import open_image, read_folder_tree, read_image_list
+from ueobench.core.errors import DataError, UeobenchError
 
 RUN = ["run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY]
 FUZZ = int(os.environ.get("UEOBENCH_FUZZ_EXAMPLES", "30"))  # examples per generated-input test; -m slow: 1000
@@ -163,11 +163,13 @@ def test_any_list_line_reads_or_fails_with_one_data_error(tmp_path_factory, line
 def test_any_name_is_escaped_in_every_format(tmp_path_factory, name):
     from test_leaderboard import fake_run
 
-    from ueobench.leaderboard import build_table, render
+    from ueobench.report.requests import TableRequest
+    from ueobench.report.tables import build_table as _single
+    from ueobench.report.render import render
 
     res = tmp_path_factory.mktemp("res")
     fake_run(res, name, "opda", "clipart", 0, 1.0)
-    t = build_table(res, ["acc"])
+    t = _single(TableRequest(res, ["acc"]))
     md = render(t, "md")
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert len(rows) == 2 and all(ln.count(" | ") - ln.count("\\\\|") == rows[0].count(" | ") for ln in rows)
@@ -226,7 +228,8 @@ def test_identical_runs_started_at_once_compute_once(tmp_path):
 @given(value=st.one_of(st.text(max_size=12), st.floats(allow_nan=True, allow_infinity=True).map(repr),
                        st.integers(min_value=-2**70, max_value=2**70).map(str)))
 def test_any_option_value_is_accepted_in_range_or_refused_with_one_error(value):
-    from ueobench.method import build_options, get_method
+    from ueobench.method.options import build_options
+    from ueobench.method.registry import get_method
 
     for key in ("epochs", "lr_prompt", "aug_scale_min", "tune", "ctx_init"):
         try:
@@ -248,7 +251,7 @@ def test_any_option_value_is_accepted_in_range_or_refused_with_one_error(value):
                         lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                         max_leaves=20))
 def test_any_record_content_is_read_or_refused_as_a_record_error(doc):
-    from ueobench.records import NewerSchema, RecordError, parse_record
+    from ueobench.store.records import NewerSchema, RecordError, parse_record
 
     for candidate in (doc, {"schema": 2, "config": doc, "run_id": "x", "method": doc, "metrics": doc}):
         try:
@@ -261,7 +264,7 @@ def test_any_record_content_is_read_or_refused_as_a_record_error(doc):
 @settings(max_examples=FUZZ, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=st.text(max_size=80))
 def test_any_config_file_is_read_or_refused_with_one_error(tmp_path_factory, text):
-    from ueobench import settings as settings_mod
+    from ueobench.data import settings as settings_mod
 
     d = tmp_path_factory.mktemp("cfg")
     (d / "ueobench.toml").write_text(text, encoding="utf-8", errors="replace")
@@ -269,8 +272,8 @@ def test_any_config_file_is_read_or_refused_with_one_error(tmp_path_factory, tex
     os.chdir(d)
     try:
         try:
-            settings_mod.data_root(None)
-            settings_mod.dataset_settings("shapes")
+            settings_mod.load().resolve_root(None)
+            settings_mod.load().dataset("shapes")
         except UeobenchError as e:
             assert "ueobench.toml" in str(e)
     finally:

@@ -14,14 +14,16 @@ import pytest
 import torch
 
 from conftest import TINY, make_toy_tree, toy_protocol, write_image
-from ueobench import grid as sw
-from ueobench.plan import Planner, RunRequest
+from ueobench.sweeps.jobs import job_names
+from ueobench.sweeps.spec import SweepSpec, expand
+from ueobench.runs.plan import Planner
+from ueobench.runs.request import RunRequest
 
 PLUGIN = '''
 from dataclasses import dataclass
 import torch
 from ueobench import Method, Options, register_method
-from ueobench.clip_ops import encode_images, encode_texts, prompt_texts
+from ueobench.models.clip_ops import encode_images, encode_texts, prompt_texts
 
 BIAS = {bias}
 
@@ -63,12 +65,12 @@ def run_args(plugins, *extra):
 
 
 def test_plan_is_the_same_with_and_without_cuda_and_a_sweep_resumes_as_done(cli, monkeypatch):
-    jobs = sw.expand(sw.SweepSpec(methods=["zeroshot"], protocols=["opda", "oda"], domains=["clipart"],
+    jobs = expand(SweepSpec(methods=["zeroshot"], protocols=["opda", "oda"], domains=["clipart"],
                                   datasets=["shapes"], seeds=[0], backbones=[TINY], device="cuda"))
-    without = sw.job_names(jobs)
+    without = job_names(jobs)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU node sees CUDA
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    with_cuda = sw.job_names(jobs)
+    with_cuda = job_names(jobs)
     assert with_cuda == without
     plans = [Planner().plan(j).plan for j in jobs]
     assert all(p.precision == "auto" for p in plans)  # "auto" stays "auto": resolved only when executing
@@ -94,7 +96,7 @@ def test_editing_a_plugin_reruns_it_and_tables_never_mix_old_and_new_code(cli, p
 
     for name in [m for m in _sys.modules if m.startswith("ueobench_plugins.biased")]:
         del _sys.modules[name]
-    from ueobench import method as method_mod
+    from ueobench.method import registry as method_mod
 
     method_mod.METHODS._items.pop("biased", None)
     method_mod._load_folder(plugin_dir)
@@ -123,8 +125,8 @@ def test_table_without_plugins_keeps_configurations_apart(cli, plugin_dir):
 
 TUNES_IMAGE_TOWER = '''
 from ueobench import register_method
-from ueobench.prompt_tuning import PromptTuningMethod
-from ueobench.losses import entropy_loss
+from ueobench.adapt.prompt_tuning import PromptTuningMethod
+from ueobench.adapt.losses import entropy_loss
 import torch
 
 
@@ -148,7 +150,7 @@ def test_runner_never_evaluates_a_tuned_image_tower_on_cached_features(cli, tmp_
     rec = json.loads(r.output)
     paths = rec["evaluation"]["predictions"]
     assert paths["test"].startswith("pass over the images") and paths["target"].startswith("pass over the images")
-    from ueobench.records import load_predictions
+    from ueobench.store.records import load_predictions
 
     preds = load_predictions(Path("results/runs") / rec["run_id"])
     epoch0 = rec["history"][0]["metrics"]["test"]  # before any step: the cache is still valid
@@ -187,11 +189,11 @@ def test_data_fingerprint_covers_the_images_and_resolves_paths(tmp_path, monkeyp
 
 
 def test_planning_reads_each_domain_once_and_fingerprints_each_method_once(monkeypatch):
-    from ueobench import data as data_mod
-    from ueobench import fingerprints
+    from ueobench.data import dataset as data_mod
+    from ueobench.method import registry
 
     calls = {"load": 0, "code": 0}
-    load, code = data_mod.load_domain, fingerprints.method_code
+    load, code = data_mod.load_domain, registry.method_code
 
     def counting_load(*a, **k):
         calls["load"] += 1
@@ -202,10 +204,10 @@ def test_planning_reads_each_domain_once_and_fingerprints_each_method_once(monke
         return code(*a, **k)
 
     monkeypatch.setattr(data_mod, "load_domain", counting_load)
-    monkeypatch.setattr(fingerprints, "method_code", counting_code)
-    jobs = sw.expand(sw.SweepSpec(methods=["zeroshot", "ent"], protocols=["cda", "pda", "oda", "opda", "csda"],
+    monkeypatch.setattr(registry, "method_code", counting_code)
+    jobs = expand(SweepSpec(methods=["zeroshot", "ent"], protocols=["cda", "pda", "oda", "opda", "csda"],
                                   domains=["clipart", "real"], datasets=["shapes"], seeds=[0, 1, 2], backbones=[TINY]))
-    names = sw.job_names(jobs)
+    names = job_names(jobs)
     assert len(set(names)) == len(jobs) == 60
     assert calls == {"load": 2, "code": 2}
 
@@ -215,7 +217,7 @@ def test_misspelt_dataset_default_is_an_error_at_registration():
 
     from ueobench import Method, register_method
     from ueobench import Options as BaseOptions
-    from ueobench.errors import UeobenchError
+    from ueobench.core.errors import UeobenchError
 
     class Typo(Method):
         @dataclass
@@ -228,20 +230,47 @@ def test_misspelt_dataset_default_is_an_error_at_registration():
         register_method("typo-method")(Typo)
 
 
-@pytest.mark.parametrize("name", ["ent", "im", "ueo", "tent", "pouf", "upl", "tpt"])
-def test_reset_restores_every_declared_parameter(name):
-    from ueobench import runner
+def _registered() -> list[str]:
+    from ueobench.method.registry import list_methods
 
-    opts = {"upl": {"ensemble": "2"}}.get(name, {})
-    s = runner.start(runner.plan_run(RunRequest(method=name, protocol="opda", domain="clipart", backbone=TINY,
-                                                options=opts)))
-    params = [p for ps in s.method.trainable_parameters().values() for p in ps]
-    before = [p.detach().clone() for p in params]
+    return list_methods()
+
+
+#: cheap settings for adapting once; a method missing here adapts with its defaults
+CHEAP = {"ent": {"epochs": "1"}, "im": {"epochs": "1"}, "ueo": {"epochs": "1"}, "tent": {"epochs": "1"},
+         "pouf": {"epochs": "1", "iters_per_epoch": "2"}, "upl": {"epochs": "1", "ensemble": "2"}, "tpt": {"views": "4"}}
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_reset_returns_every_method_to_its_state_after_setup(name, tiny_clipn):
+    """Every registered method: after adapting, ``reset`` restores each declared parameter and gives the
+    predictions of right after setup again (caches and fitted heads included)."""
+    from ueobench.method.base import implements
+    from ueobench.method.registry import get_method
+    from ueobench.runs.plan import plan_run
+    from ueobench.runs.session import start
+
+    backbone = tiny_clipn if "no_cos" in get_method(name).extras else TINY
+    s = start(plan_run(RunRequest(method=name, protocol="opda", domain="clipart", backbone=backbone,
+                                  options=CHEAP.get(name, {}))))
+    m = s.method
+    feats = s.context.image_features()[:8]
+
+    def predictions():  # from fixed features: what the method's own state (prompt, caches, head) makes of them
+        with torch.no_grad():
+            return m.predict_features(feats).clone() if implements(m, "predict_features") else None
+
+    params = [p for ps in m.trainable_parameters().values() for p in ps]
+    before_params = [p.detach().clone() for p in params]
+    before = predictions()
+    m.adapt(s.context)
     with torch.no_grad():
         for p in params:
             p.add_(1.0)
-    s.method.reset()
-    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    m.reset()
+    assert all(torch.equal(p, b) for p, b in zip(params, before_params))
+    if before is not None:
+        assert torch.equal(predictions(), before), f"{name}: reset() did not return to the state after setup"
 
 
 def test_records_of_the_previous_schema_are_read_and_left_out_by_default(cli):
@@ -258,3 +287,40 @@ def test_records_of_the_previous_schema_are_read_and_left_out_by_default(cli):
     assert "1 run made by other code left out" in out and "| zeroshot |" in out
     every = cli("table", "--protocol", "opda", "--code", "all").output
     assert "zeroshot [v1 " in every
+
+
+def test_a_code_fingerprint_does_not_depend_on_what_the_planning_process_imported():
+    """A sweep is planned in a CLI process (api, report, cli loaded) and executed in bare workers: every
+    method's code fingerprint must come out the same in both."""
+    import subprocess
+    import sys
+
+    import ueobench.api  # noqa: F401 - load what a planning CLI process has loaded
+    import ueobench.cli.app  # noqa: F401
+    from ueobench.method.registry import MethodResolver, list_methods
+    from ueobench.runs.plan import EXECUTOR
+
+    here = {n: MethodResolver(EXECUTOR).resolve(n, {}, "shapes").code["fingerprint"] for n in list_methods()}
+    code = ("import json; from ueobench.method.registry import MethodResolver, list_methods; "
+            "from ueobench.runs.plan import EXECUTOR; "
+            "print(json.dumps({n: MethodResolver(EXECUTOR).resolve(n, {}, 'shapes').code['fingerprint'] "
+            "for n in list_methods()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == here
+
+
+def test_the_fingerprint_covers_every_module_a_run_executes():
+    """Core modules that change numbers (metrics, the checkpoint reader, the evaluator) are in every method's
+    code, found from the imports, not listed by hand; the method's own toolkit only where it is used."""
+    from ueobench.method.registry import MethodResolver
+    from ueobench.runs.plan import EXECUTOR
+
+    files = {n: set(MethodResolver(EXECUTOR).resolve(n, {}, "shapes").code["files"]) for n in ("zeroshot", "ueo")}
+    for name in ("ueobench.scoring.metrics", "ueobench.models.clipn_checkpoint", "ueobench.runs.evaluation",
+                 "ueobench.runs.features", "ueobench.data.dataset", "ueobench.models.backbones"):
+        assert name in files["zeroshot"] and name in files["ueo"], name
+    assert "ueobench.adapt.losses" in files["ueo"] and "ueobench.adapt.losses" not in files["zeroshot"]
+    assert "ueobench.methods.ueo" in files["ueo"]
+    assert not any(n.startswith(("ueobench.report", "ueobench.cli", "ueobench.api", "ueobench.sweeps"))
+                   for n in files["ueo"])

@@ -11,11 +11,19 @@ import numpy as np
 import pytest
 
 from ueobench import __version__
-from ueobench.leaderboard import Cell, build_table, read_reference, render
-from ueobench.metrics import evaluate
-from ueobench.records import write_run
+from ueobench.report.requests import TableRequest
+from ueobench.report.tables import Cell, build_table as _single
+from ueobench.report.reference import read_reference
+from ueobench.report.render import render
+from ueobench.scoring.metrics import evaluate
+from ueobench.store.records import write_run
 
 GOLDEN = Path(__file__).parent / "golden"
+
+
+def table_of(results, metrics=None, **kw):
+    """The single table of a selection of records (``TableRequest`` fields as keywords)."""
+    return _single(TableRequest(results, metrics or ["acc"], **kw))
 
 
 def fake_run(results: Path, method: str, shift: str, domain: str, seed: int, quality: float, oracle: bool = False):
@@ -56,7 +64,7 @@ def results(tmp_path) -> Path:
 def table_text(results, fmt, **kw):
     args = dict(metrics=["acc", "auroc"], filters={"shift": "opda"}, seeds=2)
     args.update(kw)
-    return render(build_table(results, **args), fmt)
+    return render(table_of(results, **args), fmt)
 
 
 @pytest.mark.parametrize("fmt, ext", [("md", "md"), ("latex", "tex"), ("csv", "csv"), ("json", "json"), ("html", "html")])
@@ -77,12 +85,12 @@ def test_markdown_content(results):
     assert "±" in next(line for line in md.splitlines() if line.startswith("| ueo |"))
     oracle = next(line for line in md.splitlines() if line.startswith("| ueo (oracle) |"))
     assert "**" not in oracle and "<u>" not in oracle  # never ranked with label-free runs
-    ranked = render(build_table(results, ["acc"], filters={"shift": "opda"}, rank_oracle=True), "md")
+    ranked = render(table_of(results, ["acc"], filters={"shift": "opda"}, rank_oracle=True), "md")
     assert "**" in next(line for line in ranked.splitlines() if line.startswith("| ueo (oracle) |"))
 
 
 def test_best_is_bold_and_second_underlined(results):
-    t = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot,ent,ueo"})
+    t = table_of(results, ["acc"], filters={"shift": "opda", "method": "zeroshot,ent,ueo"})
     means = {r: t.cells[(r, "clipart", "acc")].mean for r in t.rows if r not in t.oracle_rows}
     order = sorted(means, key=means.get, reverse=True)
     assert t.cells[(order[0], "clipart", "acc")].rank == 1
@@ -93,7 +101,7 @@ def test_best_is_bold_and_second_underlined(results):
 
 
 def test_mean_and_std_over_seeds(results):
-    t = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"})
+    t = table_of(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"})
     recs = [json.loads((results / "runs" / f"zeroshot-opda-clipart-{s}" / "record.json").read_text()) for s in (0, 1)]
     vals = [100 * r["metrics"]["test"]["acc"] for r in recs]
     cell = t.cells[("zeroshot", "clipart", "acc")]
@@ -101,14 +109,14 @@ def test_mean_and_std_over_seeds(results):
 
 
 def test_protocols_averaged_over_domains(results):
-    t = build_table(results, ["acc"], rows="method", cols="protocol", filters={"method": "ueo"})
-    per_domain = build_table(results, ["acc"], filters={"shift": "cda", "method": "ueo"})
+    t = table_of(results, ["acc"], rows="method", cols="protocol", filters={"method": "ueo"})
+    per_domain = table_of(results, ["acc"], filters={"shift": "cda", "method": "ueo"})
     assert t.cells[("ueo", "cda", "acc")].mean == pytest.approx(per_domain.cells[("ueo", "avg", "acc")].mean)
     assert t.meta["averaged_over"] == ["domain"]
 
 
 def test_undefined_metric_is_a_dash_never_zero(results):
-    md = render(build_table(results, ["auroc"], filters={"shift": "cda"}), "md")
+    md = render(table_of(results, ["auroc"], filters={"shift": "cda"}), "md")
     row = next(line for line in md.splitlines() if line.startswith("| ueo |"))
     assert row == "| ueo | – | – | – |"
 
@@ -140,18 +148,18 @@ def test_latex_escapes(results):
 
 
 def test_glob_filters_and_clear_errors(results):
-    t = build_table(results, ["acc"], filters={"shift": "op*", "method": "u*"})
+    t = table_of(results, ["acc"], filters={"shift": "op*", "method": "u*"})
     assert t.rows == ["ueo", "ueo (oracle)"]
     with pytest.raises(Exception, match="no records match method 'nope'"):
-        build_table(results, ["acc"], filters={"method": "nope"})
+        table_of(results, ["acc"], filters={"method": "nope"})
     with pytest.raises(Exception, match="select one with --protocol"):
-        build_table(results, ["acc"], rows="domain", cols="method")  # protocols are never averaged silently
+        table_of(results, ["acc"], rows="domain", cols="method")  # protocols are never averaged silently
 
 
 def test_recomputed_metrics_equal_stored_when_nothing_changed(results):
-    stored = build_table(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"})
-    again = build_table(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"}, score="mcm", rule="nent:0.5")
-    forced = build_table(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"}, score="energy")
+    stored = table_of(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"})
+    again = table_of(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"}, score="mcm", rule="nent:0.5")
+    forced = table_of(results, ["acc", "auroc", "hscore"], filters={"shift": "opda"}, score="energy")
     for key, cell in stored.cells.items():
         assert again.cells[key].mean == pytest.approx(cell.mean) if cell.mean is not None else again.cells[key].mean is None
     assert any(forced.cells[k].mean != c.mean for k, c in stored.cells.items() if k[2] == "auroc" and c.mean)
@@ -174,7 +182,7 @@ shapes,opda,clipart,tiny-vit:random,ueo,acc,50.0,"Example: a number typed in by 
 def test_reference_numbers_side_by_side(results, tmp_path):
     ref = tmp_path / "ref.csv"
     ref.write_text(REFERENCE)
-    t = build_table(results, ["acc"], filters={"shift": "opda"}, reference=ref)
+    t = table_of(results, ["acc"], filters={"shift": "opda"}, reference=ref)
     cell = t.cells[("ueo", "clipart", "acc")]
     assert cell.reference == 50.0
     md = render(t, "md")
@@ -268,7 +276,7 @@ def test_bare_table_renders_a_mixed_folder_as_groups(cli, tmp_path):
 
 
 def test_errors_name_only_options_that_exist(cli, tmp_path):
-    from ueobench.cli import table as table_cmd
+    from ueobench.cli.report import table as table_cmd
 
     res = mixed_results(tmp_path)
     options = {o for p in table_cmd.params for o in p.opts}
@@ -278,10 +286,8 @@ def test_errors_name_only_options_that_exist(cli, tmp_path):
         r = cli("table", "--results", str(res), *args)
         assert r.exit_code != 0
         messages.append(r.output)
-    from ueobench.leaderboard import build_table as single
-
     with pytest.raises(Exception) as e:
-        single(res, ["acc"])
+        table_of(res, ["acc"])
     messages.append(str(e.value))
     for text in messages:
         for opt in re.findall(r"--[a-z][a-z-]*", text):
@@ -290,13 +296,13 @@ def test_errors_name_only_options_that_exist(cli, tmp_path):
 
 def test_ranking_follows_the_method_axis_and_displayed_values(tmp_path):
     res = mixed_results(tmp_path)
-    t = build_table(res, ["acc"], rows="domain", cols="method", filters={"shift": "opda", "backbone": "tiny*"})
+    t = table_of(res, ["acc"], rows="domain", cols="method", filters={"shift": "opda", "backbone": "tiny*"})
     assert "avg" not in t.cols  # an average over methods means nothing
     assert all(t.cells[(d, m, "acc")].rank in (1, 2, None) for d in t.rows for m in t.cols)
     ranks = {m: t.cells[("clipart", m, "acc")].rank for m in t.cols}
     assert sorted(r for r in ranks.values() if r) == [1, 2]  # methods compete within a domain
     cells = [Cell(76.64, None, 1), Cell(76.56, None, 1), Cell(70.0, None, 1)]
-    from ueobench.leaderboard import _rank
+    from ueobench.report.tables import _rank
 
     grid = {(f"m{i}", "c", "acc"): c for i, c in enumerate(cells)}
     _rank(grid, ["m0", "m1", "m2"], ["c"], ["acc"], set(), along="rows")
@@ -305,8 +311,8 @@ def test_ranking_follows_the_method_axis_and_displayed_values(tmp_path):
 
 
 def test_standard_error_over_seeds(results):
-    std = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"})
-    se = build_table(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"}, error="se")
+    std = table_of(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"})
+    se = table_of(results, ["acc"], filters={"shift": "opda", "method": "zeroshot"}, error="se")
     a, b = std.cells[("zeroshot", "clipart", "acc")], se.cells[("zeroshot", "clipart", "acc")]
     assert b.std == pytest.approx(a.std / np.sqrt(2))
     assert "standard error" in render(se, "md") and "± std" in render(std, "md")
@@ -315,14 +321,14 @@ def test_standard_error_over_seeds(results):
 def test_new_metrics_against_sklearn_and_hand_values():
     from sklearn.metrics import average_precision_score
 
-    from ueobench.metrics import METRICS, expected_calibration_error
+    from ueobench.scoring.metrics import METRICS, expected_calibration_error
 
     rng = np.random.default_rng(0)
     cos = rng.normal(0.2, 0.05, (200, 5))
     labels = rng.integers(0, 7, 200)
     m = evaluate(cos, labels, 5, logit_scale=100.0)
     known = labels < 5
-    from ueobench.scores import compute_score
+    from ueobench.scoring.scores import compute_score
 
     s = compute_score("mcm", cos, 100.0)
     assert m["aupr_in"] == pytest.approx(average_precision_score(known, s))
@@ -339,7 +345,7 @@ def test_every_format_escapes_every_name(tmp_path):
     evil = "a|b\n\\input{x}<script>=HYPERLINK(1)"
     fake_run(res, evil, "opda", "clipart", 0, 1.0)
     fake_run(res, "=cmd|calc", "opda", "clipart", 0, 2.0)
-    t = build_table(res, ["acc"], filters={"shift": "opda"}, reference=None)
+    t = table_of(res, ["acc"], filters={"shift": "opda"}, reference=None)
     md = render(t, "md")
     assert all(line.count(" | ") <= 2 for line in md.splitlines() if line.startswith("|"))  # columns intact
     assert "<script>" not in md and "\n\\input" not in md
@@ -351,7 +357,7 @@ def test_every_format_escapes_every_name(tmp_path):
 
 
 def _figure_of(monkeypatch, fn, *args, **kw):
-    from ueobench import plots
+    from ueobench.report import plots
 
     figs = []
     original = plots._save
@@ -366,7 +372,7 @@ def _overlap(a, b) -> bool:
 
 @pytest.mark.parametrize("kind", ["scatter", "bars"])
 def test_figures_have_no_overlapping_text_and_stable_colours(monkeypatch, results, tmp_path, kind):
-    from ueobench import plots
+    from ueobench.report import plots
 
     args = (tmp_path / f"{kind}.pdf",)
     fig = (_figure_of(monkeypatch, plots.scatter, *args, results=str(results)) if kind == "scatter" else

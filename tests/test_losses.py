@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ueobench.losses import entropy, entropy_loss, im_loss, pouf_transport_loss, ueo_loss
+from ueobench.adapt.losses import entropy, entropy_loss, im_loss, pouf_transport_loss, ueo_loss
 
 P = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.25, 0.75]])
 

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from conftest import TINY
-from ueobench import runner
-from ueobench.records import load_predictions
-from ueobench.tuning import norm_parameters
+from ueobench.runs.plan import plan_run
+from ueobench.runs.request import RunRequest
+from ueobench.runs.session import start
+from ueobench.store.records import load_predictions
+from ueobench.models.norms import norm_parameters
 
 FAST = {"epochs": "1", "eval_every": "0"}
 CASES = {
@@ -28,8 +30,8 @@ CASES = {
 
 
 def session(method: str, options: dict, backbone: str = TINY, protocol: str = "opda"):
-    req = runner.RunRequest(method=method, protocol=protocol, domain="clipart", backbone=backbone, options=options)
-    return runner.start(runner.plan_run(req))
+    req = RunRequest(method=method, protocol=protocol, domain="clipart", backbone=backbone, options=options)
+    return start(plan_run(req))
 
 
 def all_parameters(s) -> dict[str, torch.nn.Parameter]:
@@ -156,14 +158,14 @@ QUICK = {"ent": FAST, "im": FAST, "ueo": FAST, "tent": {"epochs": "1"}, "pouf": 
 
 
 def _registered() -> list[str]:
-    from ueobench.method import list_methods
+    from ueobench.method.registry import list_methods
 
     return list_methods()
 
 
 @pytest.mark.parametrize("method", _registered())
 def test_every_method_runs_end_to_end_from_the_cli_and_reruns_identically(cli, tiny_clipn, method):
-    from ueobench.method import get_method
+    from ueobench.method.registry import get_method
 
     extra = QUICK.get(method, {})
     sets = [a for k, v in extra.items() for a in ("--set", f"{k}={v}")]
@@ -180,7 +182,8 @@ def test_every_method_runs_end_to_end_from_the_cli_and_reruns_identically(cli, t
 
 
 def test_reference_defaults_and_dataset_overrides():
-    from ueobench.method import build_options, get_method
+    from ueobench.method.options import build_options
+    from ueobench.method.registry import get_method
 
     ueo = build_options(get_method("ueo"), {})
     assert (ueo.epochs, ueo.batch_size, ueo.lr_prompt, ueo.lr_norm, ueo.trade, ueo.n_ctx) == (50, 64, 1e-4, 1e-4, 1.0, 4)

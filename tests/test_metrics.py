@@ -7,8 +7,8 @@ import torch
 from scipy.special import softmax
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
-from ueobench.metrics import evaluate, fpr_at_95_tpr
-from ueobench.scores import SCORES, accept_known, compute_score
+from ueobench.scoring.metrics import evaluate, fpr_at_95_tpr
+from ueobench.scoring.scores import SCORES, accept_known, compute_score
 
 # K = 2 known classes; label 2 is unknown. Rows are unscaled cosines.
 COS = np.array(

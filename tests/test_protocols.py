@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ueobench.errors import ProtocolError, UeobenchError
-from ueobench.protocols import SHIFTS, load_protocol, load_protocol_file, parse_protocol
+from ueobench.core.errors import ProtocolError, UeobenchError
+from ueobench.data.protocols import SHIFTS, load_protocol, load_protocol_file, parse_protocol
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "protocols_reference.json").read_text())
 

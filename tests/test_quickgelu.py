@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ueobench import backbones
+from ueobench.models import backbones
 
 
 @pytest.fixture(scope="module")

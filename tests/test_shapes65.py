@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ueobench import shapes
-from ueobench.backbones import builtin_weights, load_backbone, weights_checksum
-from ueobench.protocols import load_protocol
+from ueobench.data import worlds as shapes
+from ueobench.models.backbones import builtin_weights, load_backbone, weights_checksum
+from ueobench.data.protocols import load_protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 LEADERBOARD = ROOT / "results" / "shapes65_leaderboard.md"
@@ -204,7 +204,7 @@ def test_pretrain_command_writes_checksummed_weights_of_the_recipe(cli, tmp_path
 
 def test_shared_domain_names_mean_the_default_world_unless_a_dataset_is_named():
     """shapes65 reuses real/painting/sketch: a bare --domain keeps meaning the demo world, shapes65 is named."""
-    from ueobench.plan import resolve_dataset
+    from ueobench.data.dataset import resolve_dataset
 
     with pytest.warns(UserWarning, match="also in shapes65; using the default dataset 'shapes'"):
         assert resolve_dataset("sketch", None, None).name == "shapes"

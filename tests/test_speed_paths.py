@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY
-from ueobench.backbones import load_backbone
-from ueobench.prompt_learner import PromptLearner
+from ueobench.models.backbones import load_backbone
+from ueobench.adapt.prompt_learner import PromptLearner
 
 NAMES = ["alarm_clock", "backpack", "desk_lamp", "exit_sign", "refrigerator", "postit_notes", "a b c d e f g h"]
 

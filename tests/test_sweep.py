@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY
-from ueobench import grid as sw
+from ueobench.store.claims import state
+from ueobench.sweeps.jobs import job_names, load_sweep, save_sweep
+from ueobench.sweeps.launchers import run_local, run_workers
+from ueobench.sweeps.spec import SweepSpec, expand, parse_seeds
 
 COUNTING = '''
 import os, time
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import torch
 from ueobench import Method, Options, register_method
-from ueobench.clip_ops import encode_images
+from ueobench.models.clip_ops import encode_images
 
 
 @register_method("counting")
@@ -67,18 +70,18 @@ def sweep_args(plugins, *extra):
 
 
 def test_axes_expand():
-    assert sw.parse_seeds("0-2") == [0, 1, 2] and sw.parse_seeds("0,3,5-6") == [0, 3, 5, 6]
+    assert parse_seeds("0-2") == [0, 1, 2] and parse_seeds("0,3,5-6") == [0, 3, 5, 6]
     with pytest.raises(Exception, match="bad --seed"):
-        sw.parse_seeds("3-1")
-    spec = sw.SweepSpec(methods=["zeroshot", "ueo"], protocols=["oda", "opda"], domains=["all"], datasets=["shapes"],
+        parse_seeds("3-1")
+    spec = SweepSpec(methods=["zeroshot", "ueo"], protocols=["oda", "opda"], domains=["all"], datasets=["shapes"],
                         seeds=[0, 1], backbones=[None], options={"epochs": "1"})
-    jobs = sw.expand(spec)
+    jobs = expand(spec)
     assert len(jobs) == 2 * 2 * 4 * 2
     assert {j.domain for j in jobs} == {"real", "clipart", "painting", "sketch"}
     assert all("epochs" not in j.options for j in jobs if j.method == "zeroshot")  # applied where declared
     assert all(j.options == {"epochs": "1"} for j in jobs if j.method == "ueo")
     with pytest.raises(Exception, match="has no option 'epoch'"):
-        sw.expand(sw.SweepSpec(methods=["ueo"], protocols=["oda"], domains=["all"], datasets=["shapes"], seeds=[0],
+        expand(SweepSpec(methods=["ueo"], protocols=["oda"], domains=["all"], datasets=["shapes"], seeds=[0],
                                backbones=[None], options={"epoch": "1"}))
 
 
@@ -113,20 +116,20 @@ def test_sweep_resumes_and_records_failures(cli, plugin, monkeypatch):
 
 
 def _plan(tmp_path, plugins, seeds: int, protocols=("oda",)) -> tuple[Path, list[str]]:
-    spec = sw.SweepSpec(methods=["counting"], protocols=list(protocols), domains=["clipart"], datasets=["shapes"],
+    spec = SweepSpec(methods=["counting"], protocols=list(protocols), domains=["clipart"], datasets=["shapes"],
                         seeds=list(range(seeds)), backbones=[TINY], plugins=[str(plugins)],
                         results=str(tmp_path / "results"))
-    from ueobench.method import add_plugin_folder
+    from ueobench.method.plugins import add_plugin_folder
 
     add_plugin_folder(plugins)
-    jobs = sw.expand(spec)
-    names = [sw.job_name(j) for j in jobs]
-    return sw.save_plan(spec, jobs, names), names
+    jobs = expand(spec)
+    names = [job_names([j])[0] for j in jobs]
+    return save_sweep(spec, jobs, names), names
 
 
 def _worker(plan: Path, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "ueobench.grid", str(plan)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "ueobench.sweeps.worker", str(plan)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -136,20 +139,20 @@ def test_resume_after_sigkill_mid_run(tmp_path, plugin):
     results = tmp_path / "results"
     p = _worker(plan, {"COUNT_SLEEP": "120"})
     deadline = time.time() + 120
-    while sw.state(results, name) != "running" and time.time() < deadline:
+    while state(results, name) != "running" and time.time() < deadline:
         assert p.poll() is None, p.stderr.read().decode()
         time.sleep(0.2)
     while not log.read_text() and time.time() < deadline:  # inside adapt
         time.sleep(0.2)
-    assert sw.state(results, name) == "running"
+    assert state(results, name) == "running"
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert sw.state(results, name) == "pending"  # the claim died with the worker; nothing half-written
+    assert state(results, name) == "pending"  # the claim died with the worker; nothing half-written
     runs = results / "runs"
     assert not runs.exists() or not [x for x in runs.iterdir() if not x.name.startswith(".")]
     p = _worker(plan)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()
-    assert sw.state(results, name) == "done"
+    assert state(results, name) == "done"
     assert len(log.read_text().splitlines()) == 2  # the killed attempt and the completed one
 
 
@@ -199,15 +202,15 @@ def test_resumed_sweep_counts_only_the_runs_it_executes(tmp_path, plugin):
     plugins, log = plugin
     plan, names = _plan(tmp_path, plugins, seeds=3)
     results = str(tmp_path / "results")
-    _, jobs, _ = sw.load_plan(plan)
-    sw.run_local(jobs[:1], names[:1], retry_failed=False, force=False)
+    _, jobs, _ = load_sweep(plan)
+    run_local(jobs[:1], names[:1], retry_failed=False, force=False)
     rec = _Recorder()
-    codes = sw.run_workers(plan, 2, retry_failed=False, force=False, names=names, results=results, progress=rec)
+    codes = run_workers(plan, 2, retry_failed=False, force=False, names=names, results=results, progress=rec)
     assert codes == [0, 0]
     [task] = rec.tasks.values()
     assert task["total"] == 2 and task["completed"] == 2 and "1 already settled" in task["description"]
     rec = _Recorder()
-    sw.run_local(jobs, names, retry_failed=False, force=False, progress=rec)  # all done: nothing to count
+    run_local(jobs, names, retry_failed=False, force=False, progress=rec)  # all done: nothing to count
     [task] = rec.tasks.values()
     assert task["total"] == 0 and task["completed"] == 0 and "3 already settled" in task["description"]
     assert len(log.read_text().splitlines()) == 3  # each run executed once

@@ -13,16 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY, make_tiny_clipn
-from ueobench import runner
-from ueobench.records import load_predictions
-from ueobench.scores import compute_score, softmax
+from ueobench.runs.plan import plan_run
+from ueobench.runs.request import RunRequest
+from ueobench.runs.session import start
+from ueobench.store.records import load_predictions
+from ueobench.scoring.scores import compute_score, softmax
 
 
 def session(method: str, options: dict | None = None, backbone: str = TINY, protocol: str = "opda",
             score: str = "mcm", domain: str = "clipart"):
-    req = runner.RunRequest(method=method, protocol=protocol, domain=domain, backbone=backbone,
+    req = RunRequest(method=method, protocol=protocol, domain=domain, backbone=backbone,
                             options=options or {}, score=score)
-    return runner.start(runner.plan_run(req))
+    return start(plan_run(req))
 
 
 def run_dir(results: str = "results", prefix: str = "") -> Path:
@@ -51,7 +53,8 @@ def reference_em(x: np.ndarray, text: np.ndarray, scale: float, alpha: float, it
 
 
 def _gda(alpha: float, iters: int, x: torch.Tensor, text: torch.Tensor, background: bool = False):
-    from ueobench.method import build_options, get_method
+    from ueobench.method.options import build_options
+    from ueobench.method.registry import get_method
 
     cls = get_method("gda")
     m = cls(build_options(cls, {"alpha": str(alpha), "max_iter": str(iters), "tol": "0",
@@ -162,7 +165,8 @@ def reference_tda(feats: np.ndarray, text: np.ndarray, order: list[int], o, scal
 
 
 def _tda(feats: torch.Tensor, text: torch.Tensor, seed: int = 0, **opts):
-    from ueobench.method import build_options, get_method
+    from ueobench.method.options import build_options
+    from ueobench.method.registry import get_method
 
     cls = get_method("tda")
     m = cls(build_options(cls, {k: str(v) for k, v in opts.items()}))
@@ -226,8 +230,8 @@ def test_tda_reports_online_outputs_and_frozen_caches_on_test(cli):
 
 
 def test_local_features_restate_the_reference_value_path():
-    from ueobench.backbones import load_backbone
-    from ueobench.clip_ops import encode_local
+    from ueobench.models.backbones import load_backbone
+    from ueobench.models.clip_ops import encode_local
 
     bb = load_backbone(TINY)
     visual = bb.model.visual
@@ -308,7 +312,7 @@ def test_clipn_rules_by_hand():
 
 
 def test_clipn_checkpoint_in_the_official_layout_loads(tmp_path):
-    from ueobench.backbones import load_backbone
+    from ueobench.models.backbones import load_backbone
 
     bb = load_backbone(f"tiny-vit:{make_tiny_clipn(tmp_path / 'same.pt', same_as_yes=True)}")
     tokens = bb.tokenizer(["a photo of a bike.", "graffiti of the cup."])

@@ -1,0 +1,1 @@
+"""The command line (``ueobench``); ``ueobench.cli.app:main`` is the entry point."""

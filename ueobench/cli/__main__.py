@@ -1,0 +1,4 @@
+"""``python -m ueobench.cli``: the command line."""
+from .app import main
+
+main()

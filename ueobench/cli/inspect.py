@@ -1,0 +1,181 @@
+"""``list``, ``show``, ``data check`` and ``pretrain``: what ueobench knows, what is on disk, the built-in models."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .. import api
+from ..data.protocols import SHIFTS
+from ..scoring.scores import RULES_DOC
+from .common import Command, Group
+
+
+@click.group(name="list", cls=Group)
+def list_() -> None:
+    """List methods, backbones, datasets or scores."""
+
+
+@list_.command("methods")
+@click.option("--json", "as_json", is_flag=True, help="Every method's description as JSON.")
+def list_methods(as_json: bool) -> None:
+    """Registered methods: built-ins, entry points and --plugins folders."""
+    info = api.describe_methods()
+    if as_json:
+        click.echo(json.dumps(info, indent=1, sort_keys=True, default=str))
+        return
+    for name, m in info.items():
+        click.echo(f"{name:<12} {m['adaptation']:<13} {m['summary']}")
+
+
+@list_.command("backbones")
+@click.argument("pattern", required=False)
+@click.option("--all", "show_all", is_flag=True, help="Also list every open_clip pretrained tag.")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def list_backbones(pattern: str | None, show_all: bool, as_json: bool) -> None:
+    """Backbones as ARCH:WEIGHTS; PATTERN is a glob (e.g. 'ViT-B-16*')."""
+    import fnmatch
+
+    rows = api.list_backbones()
+    if pattern:
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["backbone"], pattern)]
+        show_all = True
+    ours = [r for r in rows if r["source"].startswith("ueobench")]
+    shown = rows if show_all else ours
+    if as_json:
+        click.echo(json.dumps(shown, indent=1))
+        return
+    for r in shown:
+        click.echo(f"{r['backbone']:<48} {r['source']}")
+    if not show_all:
+        click.echo(f"... and {len(rows) - len(ours)} open_clip pretrained backbones "
+                   f"(ARCH:TAG, e.g. ViT-B-16:openai, RN50:openai); see them with --all or a PATTERN")
+
+
+@list_.command("datasets")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def list_datasets(as_json: bool) -> None:
+    """Datasets (protocol files), their classes and domains."""
+    rows = []
+    for name in api.list_datasets():
+        p = api.load_protocol(name)
+        rows.append({"dataset": name, "classes": len(p.classes), "domains": [d.name for d in p.domains]})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['dataset']:<11} {r['classes']:>4} classes  domains: {', '.join(r['domains'])}")
+
+
+@list_.command("scores")
+def list_scores() -> None:
+    """OOD scores (--score) and H-score rejection rules (--rule)."""
+    for name in api.SCORES.names():
+        s = api.SCORES.get(name)
+        click.echo(f"{name:<9} T={s.temperature:<28} {s.doc}")
+    click.echo("\nH-score rejection rules (--rule):")
+    for k, v in RULES_DOC.items():
+        click.echo(f"{k:<9} {v}")
+
+
+@click.group(cls=Group)
+def show() -> None:
+    """Show a protocol's class roles or a method's options."""
+
+
+@show.command("protocol")
+@click.argument("dataset")
+@click.argument("shift", type=click.Choice(SHIFTS))
+@click.option("--json", "as_json", is_flag=True)
+def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
+    """The classes of each role (known, target, unknown, absent) under a shift."""
+    roles = api.show_protocol(dataset, shift)
+    if as_json:
+        click.echo(json.dumps(roles, indent=1))
+        return
+    click.echo(f"{roles['dataset']} / {shift}: {roles['num_classes']} classes")
+    for role, doc in (("known", "prompted"), ("target", "present in the adaptation data"),
+                      ("unknown", "present but not known"), ("absent", "known but not present")):
+        names = roles[role]
+        click.echo(f"\n{role} ({doc}): {len(names)}")
+        click.echo("  " + (", ".join(names) if names else "(none)"))
+
+
+@show.command("method")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def show_method(name: str, as_json: bool) -> None:
+    """A method's description, every option (type, default, per-dataset defaults, help)."""
+    m = api.describe_method(name)
+    if as_json:
+        click.echo(json.dumps(m, indent=1, sort_keys=True, default=str))
+        return
+    click.echo(f"{m['name']} ({m['adaptation']}{', reads target labels' if m['oracle'] else ''}) from {m['origin']}\n")
+    click.echo(m["description"] + "\n")
+    click.echo("options (--set KEY=VALUE):")
+    for o in m["options"]:
+        per = {ds: d[o["name"]] for ds, d in m["dataset_defaults"].items() if o["name"] in d}
+        extra = ("  [" + ", ".join(f"{ds}: {v!r}" for ds, v in per.items()) + "]") if per else ""
+        click.echo(f"  {o['name']:<16} {o['type']:<12} default {o['default']!r}{extra}")
+        if o["help"]:
+            click.echo(f"  {'':<16} {o['help']}")
+
+
+@click.group(cls=Group)
+def data() -> None:
+    """Inspect datasets on disk."""
+
+
+@data.command("check")
+@click.option("--dataset", required=True)
+@click.option("--domain", default=None, help="One domain (default: every domain).")
+@click.option("--protocol", default="opda", show_default=True, type=click.Choice(SHIFTS), help="Shift that defines the roles.")
+@click.option("--data-root", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def data_check(dataset: str, domain: str | None, protocol: str, data_root: str | None, as_json: bool) -> None:
+    """Count images per split and role, and list missing or unreadable files."""
+    reports = api.check_data(dataset, domain=domain, protocol=protocol, data_root=data_root)
+    if as_json:
+        click.echo(json.dumps(reports, indent=1))
+    else:
+        for r in reports:
+            click.echo(f"{r['dataset']}/{r['domain']} ({r['source']}: {r['location']}), roles under {r['shift']}")
+            for split, c in r["splits"].items():
+                click.echo(f"  {split:<6} {c['images']:>7} images  known {c['known']:>7}  unknown {c['unknown']:>7}  classes {c['classes']}")
+            for kind in ("missing", "unreadable"):
+                click.echo(f"  {kind}: {len(r[kind])}")
+                for f in r[kind][:20]:
+                    click.echo(f"    {f}")
+                if len(r[kind]) > 20:
+                    click.echo(f"    ... and {len(r[kind]) - 20} more")
+    if any(r["missing"] or r["unreadable"] for r in reports):
+        sys.exit(1)
+
+
+@click.command(cls=Command)
+@click.argument("world", type=click.Choice(["shapes", "shapes65"]))
+@click.option("--out", default=None, help="Where to write the weights (default: the built-in weights file).")
+@click.option("--steps", default=None, type=int, help="Optimiser steps (default: the shipped recipe).")
+@click.option("--minutes", default=None, type=float, help="Stop after this many minutes.")
+@click.option("--pool", default=None, type=click.IntRange(min=1),
+              help="Image-caption pairs to render (default: the shipped recipe's).")
+def pretrain(world: str, out: str | None, steps: int | None, minutes: float | None, pool: int | None) -> None:
+    """Retrain the tiny CLIP of a built-in world from scratch on the CPU (on 2 cores, shapes: about 45 minutes;
+    shapes65: about 8 minutes)."""
+    from pathlib import Path
+
+    from ..models.pretrain import default_output, recipe
+    from ..models.pretrain import pretrain as run_pretrain
+
+    cfg = recipe(world)
+    if steps is not None:
+        cfg.steps = steps
+    if minutes is not None:
+        cfg.minutes = minutes
+    if pool is not None:
+        cfg.pool = pool
+    summary = run_pretrain(cfg, Path(out) if out else default_output(world), log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps(summary, indent=1))
+
+

@@ -1,0 +1,276 @@
+"""One domain's data, resolved once: its protocol, image entries, content fingerprint and the shift's labels.
+
+``resolve_data`` is the one call planning makes: it picks the dataset (``resolve_dataset``), reads the domain's
+images from the first source that exists (``load_domain``), fingerprints them (``data_fingerprint``) and applies
+the shift (``apply_shift``): the adaptation split keeps the shift's target classes, and labels are remapped as the
+reference code does, known classes 0..K-1 and every other class >= K.
+
+The data fingerprint covers every image of both lists: its path relative to the dataset root (resolved, so
+``a/../a/x.png`` is one image), its label, size and modification time, and the data root as the user named it.
+The built-in generated worlds are hashed by content (their files are small and regenerated per machine), and
+Hugging Face datasets by the library's own fingerprint of each split.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..core.errors import DataError, UeobenchError
+from ..core.hashing import file_sha256
+from ..core.registry import suggest
+from . import settings as settings_mod
+from . import worlds
+from .protocols import DEFAULT_DATASET, Protocol, Split, list_datasets, load_protocol
+from .settings import Settings
+from .sources import (
+    DomainData,
+    _hf_domain,
+    open_image,
+    read_folder_tree,
+    read_image_list,
+)
+
+
+@dataclass
+class ShiftData:
+    """Entries of one (dataset, shift, domain) with benchmark labels (known 0..K-1, others >= K)."""
+
+    protocol: Protocol
+    split: Split
+    domain: DomainData
+    adapt: list[tuple[str | int, int]]
+    test: list[tuple[str | int, int]]
+    adapt_index: list[int]  # positions of ``adapt`` in ``domain.adapt`` (``test`` is all of ``domain.test``)
+
+    @property
+    def known_names(self) -> list[str]:
+        return [self.protocol.classes[i] for i in self.split.known]
+
+
+# ------------------------------------------------------------------------------------------- resolution
+
+
+def _missing(protocol: Protocol, message: str) -> DataError:
+    where = f"; the dataset is published at {protocol.homepage}" if protocol.homepage else ""
+    return DataError(f"{message}{where}")
+
+
+def dataset_root(protocol: Protocol, data_root: str | None = None, progress: Any = None,
+                 settings: Settings | None = None) -> Path:
+    """The folder of one dataset; a built-in world (``shapes``, ``shapes65``) is generated into the cache on first use."""
+    if protocol.builtin:
+        doms = [(d.name, d.folder, d.adapt, d.test) for d in protocol.domains]
+        try:
+            return worlds.generate(list(protocol.classes), doms, progress=progress, world=protocol.builtin)
+        except OSError as e:
+            from ..core.paths import cache_root
+
+            raise UeobenchError(f"cannot write the built-in dataset under {cache_root()} ({e.strerror}); set "
+                                f"UEOBENCH_CACHE to a writable folder") from None
+    settings = settings or settings_mod.load()
+    cfg = settings.dataset(protocol.name)
+    if cfg.root:
+        return Path(cfg.root).expanduser()
+    root, _ = settings.resolve_root(data_root)
+    if root is None:
+        raise _missing(
+            protocol,
+            f"no data root for dataset '{protocol.name}': pass --data-root DIR, set ${settings_mod.ENV_DATA}, "
+            f"or put data_root in {settings_mod.CONFIG_FILE}",
+        )
+    return root / protocol.folder
+
+
+def is_available(protocol: Protocol, data_root: str | None = None, settings: Settings | None = None) -> bool:
+    """True when data for this dataset can be found without generating or downloading anything."""
+    if protocol.builtin:
+        return True
+    try:
+        settings = settings or settings_mod.load()
+        cfg = settings.dataset(protocol.name)
+        if cfg.source == "hf" and cfg.hf_path:
+            return True
+        return dataset_root(protocol, data_root, settings=settings).is_dir()
+    except UeobenchError:
+        return False
+
+
+def load_domain(protocol: Protocol, domain: str, data_root: str | None = None, progress: Any = None,
+                settings: Settings | None = None) -> DomainData:
+    """Find and read the images of one domain from the first source that exists."""
+    settings = settings or settings_mod.load()
+    dom = protocol.domain(domain)
+    cfg = settings.dataset(protocol.name)
+    skipped = {"duplicate list entries": 0}
+    if cfg.source == "hf" and cfg.hf_path:
+        return _hf_domain(protocol, dom, cfg, cfg.hf_path, skipped)
+    root = dataset_root(protocol, data_root, progress, settings)
+    n = protocol.num_classes
+    if cfg.source == "hf":
+        return _hf_domain(protocol, dom, cfg, str(root / dom.folder), skipped)
+    if not root.is_dir():
+        raise _missing(protocol, f"dataset '{protocol.name}' not found: {root} does not exist")
+    adapt_list, test_list, folder = root / dom.adapt, root / dom.test, root / dom.folder
+    use_list = cfg.source == "list" or (cfg.source == "auto" and adapt_list.is_file())
+    if use_list:
+        for lst in (adapt_list, test_list):
+            if not lst.is_file():
+                raise _missing(protocol, f"dataset '{protocol.name}' domain '{dom.name}': image list {lst} not found")
+        adapt, d1 = read_image_list(adapt_list, root, n)
+        test, d2 = (adapt, 0) if test_list == adapt_list else read_image_list(test_list, root, n)
+        skipped["duplicate list entries"] = d1 + d2
+        if d1 + d2:
+            warnings.warn(f"skipped {d1 + d2} duplicate entries in {adapt_list.name}/{test_list.name}", stacklevel=2)
+        src = "builtin" if protocol.builtin else "list"
+        return DomainData(protocol.name, dom.name, src, str(adapt_list), adapt, test, open_image, skipped)
+    if cfg.source in ("auto", "folder") and folder.is_dir():
+        if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
+            return _hf_domain(protocol, dom, cfg, str(folder), skipped)
+        entries = read_folder_tree(folder, protocol.classes)
+        return DomainData(protocol.name, dom.name, "folder", str(folder), entries, entries, open_image, skipped)
+    raise _missing(
+        protocol,
+        f"dataset '{protocol.name}' domain '{dom.name}': no data under {root} "
+        f"(looked for image list {adapt_list.name} and folder {dom.folder}/)",
+    )
+
+
+def apply_shift(protocol: Protocol, shift: str, data: DomainData) -> ShiftData:
+    """Filter adaptation data to the shift's target classes and remap labels (known 0..K-1, others >= K)."""
+    split = protocol.split(shift)
+    remap = split.label_map()
+    target = set(split.target)
+    adapt_index = [i for i, e in enumerate(data.adapt) if e.label in target]
+    adapt = [(data.adapt[i].ref, remap[data.adapt[i].label]) for i in adapt_index]
+    test = [(e.ref, remap[e.label]) for e in data.test]
+    if not adapt:
+        raise DataError(f"dataset '{protocol.name}' domain '{data.domain}': no adaptation images of the {shift} target classes")
+    if not test:
+        raise DataError(f"dataset '{protocol.name}' domain '{data.domain}': the test split is empty")
+    return ShiftData(protocol, split, data, adapt, test, adapt_index)
+
+
+
+
+def resolve_dataset(domain: str, dataset: str | None, data_root: str | None,
+                    settings: Settings | None = None) -> Protocol:
+    """Pick the dataset: the one named, else the only configured dataset that has this domain, else the default
+    one (``shapes``) when only built-in worlds share the name (``shapes65`` is asked for by name); a configured
+    real dataset beside them makes the name ambiguous."""
+    if dataset:
+        proto = load_protocol(dataset)
+        proto.domain(domain)  # raises with suggestions
+        return proto
+    settings = settings or settings_mod.load()
+    protos = [load_protocol(n) for n in list_datasets()]
+    having = [p for p in protos if p.has_domain(domain)]
+    if not having:
+        all_domains = sorted({d.name for p in protos for d in p.domains})
+        raise UeobenchError(f"unknown domain '{domain}'{suggest(domain, all_domains)}")
+    configured = [p for p in having if is_available(p, data_root, settings)]
+    if len(configured) == 1:
+        if len(having) > 1:
+            others = ", ".join(p.name for p in having if p is not configured[0])
+            warnings.warn(f"domain '{domain}' is also in {others} (no data configured); using dataset "
+                          f"'{configured[0].name}'; pass --dataset to pick another", stacklevel=2)
+        return configured[0]
+    default = [p for p in configured if p.name == DEFAULT_DATASET]
+    if len(configured) > 1 and default and all(p.builtin for p in configured):  # never over real data
+        others = ", ".join(p.name for p in configured if p is not default[0])
+        warnings.warn(f"domain '{domain}' is also in {others}; using the default dataset '{DEFAULT_DATASET}'; "
+                      f"pass --dataset to pick another", stacklevel=2)
+        return default[0]
+    if len(configured) > 1:
+        names = ", ".join(p.name for p in configured)
+        raise UeobenchError(f"domain '{domain}' is in several configured datasets ({names}); pick one with --dataset")
+    names = ", ".join(p.name for p in having)
+    raise UeobenchError(f"domain '{domain}' belongs to {names}, whose data is not configured; pass --data-root or --dataset")
+
+
+# -------------------------------------------------------------------------------------------- fingerprint
+
+
+def data_fingerprint(domain: DomainData, root: str | None, root_label: str) -> str:
+    """Content address of one domain's images (both lists). ``root``: the folder list paths are relative to;
+    ``root_label``: the data root as the user named it (or the built-in world's name)."""
+    h = hashlib.sha256(f"root {root_label}\nsource {domain.source}\n".encode())
+    content = domain.source == "builtin"
+    base = os.path.realpath(root) if root else None
+    for role, entries in (("adapt", domain.adapt), ("test", domain.test)):
+        h.update(f"role {role}\n".encode())
+        for line in _entry_lines(entries, base, content):
+            h.update(line.encode())
+    if domain.content_id:
+        h.update(f"content {domain.content_id}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _entry_lines(entries: Iterable[Any], base: str | None, content: bool) -> Iterable[str]:
+    for e in entries:
+        ref = e.ref
+        if isinstance(ref, str) and os.path.isabs(ref):
+            # readers give real paths under the real root (lists resolve '..' and symlinks), so a prefix strip
+            # is the relative path; anything else falls back to a full resolution
+            if base and ref.startswith(base + os.sep):
+                rel = ref[len(base) + 1:]
+            else:
+                ref = os.path.realpath(ref)
+                rel = os.path.relpath(ref, base) if base else ref
+            try:
+                st = os.stat(ref)
+                stamp = file_sha256(ref) if content else f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            yield f"{rel}\t{e.label}\t{stamp}\n"
+        else:
+            yield f"{ref}\t{e.label}\n"
+
+
+# ------------------------------------------------------------------------------------------ resolve once
+
+
+@dataclass(frozen=True)
+class ResolvedData:
+    """What planning needs of the data: the protocol, the domain's entries and fingerprint, the shift's labels."""
+
+    protocol: Protocol
+    domain: DomainData
+    checksum: str
+    shift: ShiftData
+
+
+class DataResolver:
+    """``resolve(dataset, domain, shift, data_root)`` for many requests of one command: each (dataset, domain,
+    data root) is read and fingerprinted once, each shift applied once; settings are read once."""
+
+    def __init__(self, progress: Any = None, settings: Settings | None = None):
+        self.progress = progress
+        self.settings = settings or settings_mod.load()
+        self._domains: dict[tuple, tuple[DomainData, str]] = {}
+        self._shifts: dict[tuple, ShiftData] = {}
+
+    def protocol(self, dataset: str | None, domain: str, data_root: str | None) -> Protocol:
+        """The dataset of a request, without reading any image (so bad options can be refused first)."""
+        return resolve_dataset(domain, dataset, data_root, self.settings)
+
+    def resolve(self, proto: Protocol, domain: str, shift: str, data_root: str | None) -> ResolvedData:
+        proto.split(shift)  # raises with suggestions
+        name = proto.domain(domain).name
+        key = (proto.name, name, data_root)
+        if key not in self._domains:
+            dd = load_domain(proto, name, data_root, self.progress, self.settings)
+            if dd.source == "hf":
+                root, label = None, dd.location
+            elif dd.source == "builtin":
+                root, label = str(dataset_root(proto, data_root, settings=self.settings)), f"builtin:{proto.name}"
+            else:  # the root as the user named it (not resolved): copies of a dataset stay apart
+                root = label = str(dataset_root(proto, data_root, settings=self.settings))
+            self._domains[key] = (dd, data_fingerprint(dd, root, label))
+        dd, checksum = self._domains[key]
+        if key + (shift,) not in self._shifts:
+            self._shifts[key + (shift,)] = apply_shift(proto, shift, dd)
+        return ResolvedData(proto, dd, checksum, self._shifts[key + (shift,)])

@@ -1,0 +1,244 @@
+"""Image sources: image lists, folder trees and Hugging Face datasets, each read into the same ``Entry`` list.
+
+An ``Entry`` says where an image is (a file path, or a row of a Hugging Face split) and its class index in the
+protocol file; ``DomainData`` holds the entries of one domain's adaptation and test lists before any shift.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from ..core.errors import DataError
+from .protocols import Domain, Protocol
+from .settings import DatasetSettings
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image: ``ref`` is a file path, or a row index into a Hugging Face dataset."""
+
+    ref: str | int
+    label: int  # class index in the protocol file
+
+
+@dataclass
+class DomainData:
+    """The raw entries of one domain, before any shift is applied."""
+
+    dataset: str
+    domain: str
+    source: str  # "list", "folder", "hf" or "builtin"
+    location: str
+    adapt: list[Entry]
+    test: list[Entry]
+    opener: Callable[[str | int], Image.Image]
+    skipped: dict[str, int]
+    content_id: str | None = None  # a content fingerprint the source provides itself (Hugging Face datasets)
+
+
+def normalise_name(name: str) -> str:
+    """Match folder names to class names ignoring case, spaces, '_' and '-' (``Alarm_Clock`` == ``alarm clock``)."""
+    return re.sub(r"[\s_\-]+", "", name).lower()
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB with the full range kept: 16-bit and 32-bit integer images are scaled to 8 bits (PIL's own convert
+    clips them, so a 16-bit PNG loads all white) and float images in [0, 1] are scaled by 255 (else all black)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode == "F":
+            arr = arr * 255.0 if np.nanmax(arr, initial=0.0) <= 1.0 else arr
+        elif np.nanmax(arr, initial=0.0) > 255:
+            arr = arr / 257.0  # 16-bit to 8-bit
+        arr = np.nan_to_num(np.clip(arr, 0, 255)).round().astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    return im.convert("RGB")
+
+
+def open_image(path: str | int) -> Image.Image:
+    import stat
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or stream forever
+            raise DataError(f"cannot read image {path}: not a regular file; list only image files")
+        with Image.open(path) as im:
+            return to_rgb(im)
+    except DataError:
+        raise
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"cannot read image {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); re-download or "
+            f"remove it (ueobench data check lists every unreadable file)"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+class _Resolver:
+    """Resolves list paths under a root like ``Path.resolve`` (``..`` and symlinks), but cheaply: directories are
+    resolved once and cached, files cost one ``lstat`` (DomainNet lists hold 100,000+ lines)."""
+
+    def __init__(self, root: Path):
+        self.root = os.path.realpath(root)
+        self._dirs: dict[str, str] = {}
+
+    def __call__(self, rel: str) -> str | None:
+        """The real path of ``rel``, or None when it escapes the root (absolute, ``..``, a symlink out of it)."""
+        if os.path.isabs(rel):
+            return None
+        folder, name = os.path.split(os.path.join(self.root, rel))
+        real_dir = self._dirs.get(folder)
+        if real_dir is None:
+            real_dir = self._dirs[folder] = os.path.realpath(folder)
+        full = os.path.join(real_dir, name)
+        if os.path.islink(full):
+            full = os.path.realpath(full)
+        return full if full.startswith(self.root + os.sep) else None
+
+
+def read_image_list(path: Path, root: Path, num_classes: int) -> tuple[list[Entry], int]:
+    """Parse ``relative/path label`` lines. Returns the entries and the number of duplicate lines skipped."""
+    entries: list[Entry] = []
+    seen: set[str] = set()
+    dupes = 0
+    inside = _Resolver(root)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read image list {path} ({e})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if "\x00" in line:
+            raise DataError(f"{path}:{n}: the line holds a NUL byte; list lines are 'relative/path label'")
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
+            raise DataError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
+        rel, label = parts[0].strip(), int(parts[1])
+        if not 0 <= label < num_classes:
+            raise DataError(f"{path}:{n}: label {label} is outside the protocol's {num_classes} classes (0..{num_classes - 1})")
+        full = inside(rel)
+        if full is None:
+            raise DataError(f"{path}:{n}: path {rel!r} escapes the dataset root {root}; list paths must be relative to it")
+        if rel in seen:
+            dupes += 1
+            continue
+        seen.add(rel)
+        entries.append(Entry(full, label))
+    return entries, dupes
+
+
+def read_folder_tree(folder: Path, classes: Sequence[str]) -> list[Entry]:
+    """``<folder>/<class folder>/<image>``; class folders are matched to protocol names by ``normalise_name``."""
+    index = {normalise_name(c): i for i, c in enumerate(classes)}
+    entries: list[Entry] = []
+    root = os.path.realpath(folder)
+
+    def inside(p: Path) -> bool:
+        return os.path.realpath(p).startswith(root + os.sep)
+
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not inside(sub):
+            raise DataError(f"{sub}: class folder is a link out of {folder}; folder trees may not leave their root")
+        key = normalise_name(sub.name)
+        if key not in index:
+            raise DataError(
+                f"{sub}: folder matches no class of the protocol; rename it to a class name or remove it "
+                f"(ueobench show protocol lists the classes)"
+            )
+        for f in sorted(sub.rglob("*")):
+            if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+                if not inside(f):
+                    raise DataError(f"{f}: image is a link out of {folder}; folder trees may not leave their root")
+                entries.append(Entry(str(f), index[key]))
+    return entries
+
+
+def _hf_label_mapper(ds: Any, column: str, classes: Sequence[str], where: str) -> Callable[[Any], int]:
+    feature = ds.features.get(column)
+    if feature is None:
+        raise DataError(f"{where}: no label column '{column}' (columns: {', '.join(ds.column_names)}); set label_column")
+    names = getattr(feature, "names", None)
+    if names:
+        index = {normalise_name(c): i for i, c in enumerate(classes)}
+        missing = [n for n in names if normalise_name(n) not in index]
+        if missing:
+            raise DataError(f"{where}: class label(s) {missing[:5]} match no protocol class")
+        table = [index[normalise_name(n)] for n in names]
+        return lambda v: table[int(v)]
+    return int
+
+
+def read_hf(cfg: DatasetSettings, location: str, domain: Domain, classes: Sequence[str]) -> dict[str, Any]:
+    """Load a Hugging Face dataset: ``load_from_disk`` for a saved one, ``imagefolder`` for a folder, else a hub id."""
+    import datasets
+
+    where = f"Hugging Face dataset {location}"
+    p = Path(location)
+    try:
+        if (p / "dataset_dict.json").exists() or (p / "state.json").exists():
+            obj = datasets.load_from_disk(str(p))
+        elif p.is_dir():
+            obj = datasets.load_dataset("imagefolder", data_dir=str(p))
+        else:
+            obj = datasets.load_dataset(location, cfg.hf_name)
+    except Exception as e:  # noqa: BLE001 - the datasets library raises many types
+        raise DataError(f"{where}: cannot load ({type(e).__name__}: {e})") from None
+    splits = {"adapt": cfg.adapt_split, "test": cfg.test_split}
+    out: dict[str, Any] = {}
+    for role, name in splits.items():
+        if isinstance(obj, datasets.DatasetDict):
+            if name is None:
+                name = "test" if "test" in obj else cfg.adapt_split
+            if name not in obj:
+                raise DataError(f"{where}: no split '{name}' (splits: {', '.join(obj)})")
+            ds = obj[name]
+        else:
+            ds = obj
+        if cfg.image_column not in ds.column_names:
+            raise DataError(f"{where}: no image column '{cfg.image_column}' (columns: {', '.join(ds.column_names)})")
+        if cfg.domain_column:
+            col = ds[cfg.domain_column]
+            names = getattr(ds.features[cfg.domain_column], "names", None)
+            keep = [i for i, v in enumerate(col) if str(names[v] if names else v).lower() == domain.name.lower()]
+            ds = ds.select(keep)
+        out[role] = ds
+    return out
+
+
+class _HFOpener:
+    """Opens ``"<split role>:<row>"`` refs; a plain callable object so loader workers can pickle it."""
+
+    def __init__(self, splits: dict[str, Any], column: str):
+        self.splits, self.column = splits, column
+
+    def __call__(self, ref: str | int) -> Image.Image:
+        role, row = str(ref).split(":")
+        try:
+            return self.splits[role][int(row)][self.column].convert("RGB")
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+            raise DataError(f"cannot read image {ref} of the Hugging Face dataset ({e})") from None
+
+
+def _hf_domain(protocol: Protocol, dom: Domain, cfg: DatasetSettings, location: str, skipped: dict) -> DomainData:
+    splits = read_hf(cfg, location, dom, protocol.classes)
+    entries: dict[str, list[Entry]] = {}
+    for role, ds in splits.items():
+        to_label = _hf_label_mapper(ds, cfg.label_column, protocol.classes, f"Hugging Face dataset {location}")
+        entries[role] = [Entry(f"{role}:{i}", to_label(v)) for i, v in enumerate(ds[cfg.label_column])]
+    opener = _HFOpener(splits, cfg.image_column)
+    content = ",".join(f"{role}={getattr(ds, '_fingerprint', None)}" for role, ds in sorted(splits.items()))
+    return DomainData(protocol.name, dom.name, "hf", location, entries["adapt"], entries["test"], opener, skipped,
+                      content)
+
+

@@ -1,0 +1,148 @@
+"""Frozen image features, computed once per (visual weights, images, transform, device) and shared on disk.
+
+Zero-shot prediction, UEO's confidence weights, UPL's pseudo-labels, the epoch-0 evaluation of training
+methods and the evaluation of prompt-only methods all need the same thing: the eval-transform embeddings of a
+domain's images under an image tower that has not changed. They are cached per *domain list* (not per shift),
+so the five shifts of one domain share one pass over its images.
+
+The key is content-based: a SHA-256 of the visual tower's weights, the image references with their sizes and
+modification times, the transform, the batch size and the device type. An entry whose stored key differs is
+never reused. A lock makes concurrent processes wait for the one computing an entry instead of repeating it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from ..core.errors import UeobenchError
+from ..core.hashing import canonical_json
+from ..core.paths import cache_root
+from ..data.loader import ImageDataset
+from ..models.clip_ops import encode_images, encode_local
+
+FEATURE_VERSION = 1
+
+
+def feature_cache_dir() -> Path:
+    """``$UEOBENCH_FEATURE_CACHE``, else ``features/`` in the ueobench cache folder."""
+    return Path(os.environ.get("UEOBENCH_FEATURE_CACHE") or cache_root() / "features")
+
+
+def visual_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the image tower's parameters and buffers (content, not name)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.visual.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _refs_digest(refs: Sequence[str | int], location: str) -> str:
+    h = hashlib.sha256(location.encode())
+    for r in refs:
+        h.update(str(r).encode())
+        if isinstance(r, str) and os.path.isfile(r):
+            st = os.stat(r)
+            h.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class FeatureStore:
+    """Image features of one domain's lists for one backbone and transform; ``stats`` counts the work."""
+
+    def __init__(self, backbone: Any, opener: Callable, transform: Any, batch_size: int, device: torch.device,
+                 location: str, cache_dir: Path | None, progress: Any = None):
+        self.backbone, self.opener, self.transform = backbone, opener, transform
+        self.batch_size, self.device, self.location = batch_size, device, location
+        self.cache_dir, self.progress = cache_dir, progress
+        self._digest: str | None = None
+        self._memory: dict[str, np.ndarray] = {}
+        self.stats = {"images_encoded": 0, "images_reused": 0}
+
+    def _key(self, refs: Sequence[str | int], kind: str = "global") -> dict[str, Any]:
+        if self._digest is None:
+            self._digest = visual_digest(self.backbone.model)
+        key = {"version": FEATURE_VERSION, "visual": self._digest, "images": _refs_digest(refs, self.location),
+               "n": len(refs), "transform": repr(self.transform), "batch_size": self.batch_size,
+               "device": self.device.type}
+        if kind != "global":
+            key["kind"] = kind
+        return key
+
+    def features(self, refs: Sequence[str | int], kind: str = "global") -> np.ndarray:
+        """L2-normalised embeddings from memory, disk, or one pass over the images: ``global`` [len(refs), D]
+        float32, or ``local`` [len(refs), patches, D] float16 (GL-MCM's patch features, ViT only)."""
+        if kind not in ("global", "local"):
+            raise ValueError(f"unknown feature kind {kind!r}")
+        key = self._key(refs, kind)
+        kid = hashlib.sha256(canonical_json(key).encode()).hexdigest()[:24]
+        if kid in self._memory:
+            self.stats["images_reused"] += len(refs)
+            return self._memory[kid]
+        if self.cache_dir is None:
+            feats = self._compute(refs, kind)
+        else:
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UeobenchError(f"feature cache {self.cache_dir} is not a usable folder ({e.strerror}); set "
+                                    f"UEOBENCH_FEATURE_CACHE or UEOBENCH_CACHE to a folder, or pass --no-cache") from None
+            path = self.cache_dir / f"{kid}.npz"
+            with FileLock(str(path) + ".lock"):
+                feats = self._load(path, key)
+                if feats is None:
+                    feats = self._compute(refs, kind)
+                    self._store(path, key, feats)
+                else:
+                    self.stats["images_reused"] += len(refs)
+        self._memory[kid] = feats
+        return feats
+
+    def _load(self, path: Path, key: dict[str, Any]) -> np.ndarray | None:
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if json.loads(str(z["key"])) != key:
+                    return None  # a hash-prefix collision or an older format: never reuse
+                return z["features"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # unreadable or truncated entry: recompute and overwrite
+
+    def _store(self, path: Path, key: dict[str, Any], feats: np.ndarray) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, features=feats, key=np.array(canonical_json(key)))
+        os.replace(tmp, path)
+
+    @torch.no_grad()
+    def _compute(self, refs: Sequence[str | int], kind: str = "global") -> np.ndarray:
+        items = [(r, -1) for r in refs]
+        # its own generator: iterating a loader draws from the global RNG otherwise, and a cache hit (no loader)
+        # must leave the random stream of the rest of the run exactly as a miss does
+        loader = torch.utils.data.DataLoader(ImageDataset(items, self.opener, self.transform), batch_size=self.batch_size,
+                                             generator=torch.Generator())
+        what = "encoding images" if kind == "global" else "encoding local features"
+        task = self.progress.add_task(what, total=len(items)) if self.progress is not None else None
+        out = []
+        for images, _, _ in loader:
+            if kind == "global":
+                out.append(encode_images(self.backbone, images.to(self.device)).cpu())
+            else:  # half precision on disk: a ViT-B/16 domain of 4,000 images is 196 patches x 512 each
+                out.append(encode_local(self.backbone, images.to(self.device)).half().cpu())
+            if task is not None:
+                self.progress.advance(task, len(images))
+        if task is not None:
+            self.progress.remove_task(task)
+        self.stats["images_encoded"] += len(items)
+        feats = torch.cat(out).numpy()
+        return feats.astype(np.float32) if kind == "global" else feats

@@ -1,0 +1,80 @@
+"""The record document of a finished run, assembled in one place from the plan, the session and the results.
+
+What goes in is described field by field in ``ueobench.store.records``; readers use the typed ``RunRecord``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..scoring.scores import SCORES
+from ..store.records import SCHEMA_VERSION
+from .env import environment, peak_memory_mb
+from .plan import PlannedRun
+from .session import Session
+
+
+def record_document(planned: PlannedRun, session: Session, history: list[Any], metrics: dict[str, Any],
+                    timings: dict[str, float]) -> dict[str, Any]:
+    req, plan = planned.request, planned.plan
+    method, backbone, groups, device = session.method, session.backbone, session.groups, session.device
+    sd, proto = planned.shift_data, planned.protocol
+    s = sd.split
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": planned.run_id,
+        "status": "done",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": plan.to_dict(),
+        "request": {k: v for k, v in asdict(req).items() if k not in ("force", "cache")},
+        "method": {
+            "name": method.name,
+            "label": planned.label,
+            "options": plan.options,
+            "options_changed": planned.options_changed,
+            "dataset_defaults": type(method).dataset_defaults.get(proto.name, {}),
+            "code": planned.code,
+            "uses_target_labels": method.is_oracle(),
+            "oracle": method.is_oracle(),
+            "adaptation": method.adaptation,
+            "selection": "last epoch (no label-based selection)",
+            "info": method.info(),
+        },
+        "history": history,
+        "protocol": {
+            "dataset": proto.name,
+            "shift": s.shift,
+            "file": Path(proto.path).name,
+            "checksum": proto.checksum,
+            "prompt": method.template or proto.prompt,
+            "num_classes": s.num_classes,
+            "num_known": s.num_known,
+            "known": sd.known_names,
+            "unknown": [proto.classes[i] for i in s.unknown],
+            "absent": [proto.classes[i] for i in s.absent],
+        },
+        "data": {
+            "source": sd.domain.source,
+            "location": sd.domain.location,
+            "checksum": plan.data_checksum,
+            "n_adapt": len(sd.adapt),
+            "n_test": len(sd.test),
+            "skipped": sd.domain.skipped,
+        },
+        "backbone": backbone.info,
+        "evaluation": {"score": plan.score, "score_temperature": SCORES.get(plan.score).temperature,
+                       "hscore_rule": plan.rule, "logit_scale": backbone.logit_scale,
+                       "predictions": session.evaluator.paths,
+                       "splits": {"test": "held-out test split (all classes)", "target": "the unlabeled adaptation data"}},
+        "seed": plan.seed,
+        "metrics": metrics,
+        "trainable_parameters": sum(p.numel() for ps in groups.values() for p in ps),
+        "trainable_groups": {k: sum(p.numel() for p in v) for k, v in groups.items()},
+        "feature_cache": {"enabled": req.cache, **session.features.stats},
+        "settings": session.settings,
+        "timings": timings,
+        "peak_memory": peak_memory_mb(device),
+        "environment": environment(device),
+    }

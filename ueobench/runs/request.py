@@ -1,0 +1,80 @@
+"""What a run is asked for (``RunRequest``) and what it computes (``RunPlan``, whose hash is the run id).
+
+Torch-free, so sweeps' saved plans can be read by ``status`` without loading any method. Planning
+(``ueobench.runs.plan``) turns the one into the other.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..core.hashing import canonical_json
+from ..scoring.scores import DEFAULT_RULE
+
+#: Bumped whenever the meaning of a plan changes, so ids of older plans never collide with newer ones
+#: (2: activation, method code, score and rule entered the identity; precision stays as requested).
+PLAN_VERSION = 2
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class RunRequest:
+    """Everything ``ueobench run`` accepts. ``options`` are the method's ``--set key=value`` overrides.
+
+    ``device``, ``workers``, ``results``, ``cache`` and ``force`` say how and where to execute, not what: they
+    never enter the run's identity."""
+
+    method: str = "zeroshot"
+    protocol: str = "opda"
+    domain: str = "clipart"
+    dataset: str | None = None
+    backbone: str | None = None
+    seed: int = 0
+    options: dict[str, str] = field(default_factory=dict)
+    eval_batch_size: int = 256
+    device: str = "auto"
+    data_root: str | None = None
+    results: str = "results"
+    score: str = "mcm"
+    rule: str = DEFAULT_RULE
+    force: bool = False
+    workers: int | None = None
+    cache: bool = True  # share frozen image features through the on-disk cache (results are identical)
+    precision: str = "auto"  # autocast dtype of the forward pass: fp32 on CPU, bf16 (or fp16) on CUDA
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run computes. ``run_id`` is a readable slug plus the first 12 hex digits of its hash."""
+
+    dataset: str
+    shift: str
+    domain: str
+    backbone: str
+    activation: str
+    method: str
+    options: dict[str, Any]
+    method_code: str
+    seed: int
+    precision: str
+    eval_batch_size: int
+    score: str
+    rule: str
+    protocol_checksum: str
+    data_checksum: str
+    plan_version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+
+    @property
+    def run_id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join((self.method, self.dataset, self.shift, self.domain)))
+        slug = slug.lstrip(".") or "run"  # a leading dot would hide the run folder (temporary folders start so)
+        return f"{slug}_s{self.seed}-{self.digest[:12]}"

@@ -1,0 +1,203 @@
+"""OOD scores (higher = more likely known) and label-free unknown-rejection rules.
+
+Every score works on the unscaled cosine similarities that methods predict, so any score can be recomputed
+later from saved predictions. The temperature each score uses is part of its definition and is recorded.
+
+A score may need per-image evidence beyond the cosines (``needs``): GL-MCM the local (patch) term, CLIPN's
+rules the cosines with the "no" text encoder. Runs save that evidence beside the cosines (``EXTRAS`` says what
+produces each kind); a score whose evidence a run did not save is an error naming how to produce it, never a
+silent fallback to another score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from ..core.errors import UeobenchError
+from ..core.registry import Registry
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+#: Per-image evidence a score may need, saved as ``{split}_{kind}`` beside the cosines, and how a run saves it.
+EXTRAS: dict[str, str] = {
+    "local_mcm": "the local (patch) term of GL-MCM, max over patches and classes of softmax(local cosines / T), "
+    "T = 1; saved by runs made with --score glmcm or --score lmcm on a ViT backbone",
+    "no_cos": "cosines with CLIPN's 'no' text encoder; saved by method clipn on a CLIPN checkpoint",
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    name: str
+    fn: Callable[[np.ndarray, float, Mapping[str, np.ndarray]], np.ndarray]
+    temperature: str  # human-readable: "1 (raw cosine)" or "1/logit_scale"
+    doc: str
+    needs: tuple[str, ...] = ()  # kinds of EXTRAS the score reads
+
+
+SCORES: Registry[Score] = Registry("score")
+
+
+def register_score(name: str, temperature: str, doc: str, needs: tuple[str, ...] = ()):
+    """Register ``fn(cos, logit_scale, extras)``; ``needs`` names the EXTRAS it reads."""
+    unknown = [n for n in needs if n not in EXTRAS]
+    if unknown:
+        raise ValueError(f"score '{name}' needs unknown evidence {unknown}; known: {sorted(EXTRAS)}")
+
+    def deco(fn: Callable[..., np.ndarray]):
+        SCORES.register(name, Score(name, fn, temperature, doc, tuple(needs)), origin=fn.__module__)
+        return fn
+
+    return deco
+
+
+def score_needs(name: str) -> tuple[str, ...]:
+    return SCORES.get(name).needs
+
+
+def how_to_save(name: str) -> str:
+    """One line saying how runs save what score ``name`` needs."""
+    needs = score_needs(name)
+    return "; ".join(f"{k}: {EXTRAS[k]}" for k in needs)
+
+
+@register_score("mcm", "1 (raw cosine)", "max softmax of the cosines at T = 1 (MCM; the reference's AUROC score)")
+def mcm(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
+    return softmax(cos, axis=1).max(1)
+
+
+@register_score("msp", "1/logit_scale", "max softmax at CLIP's own logit scale (about 100)")
+def msp(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
+    return softmax(cos * logit_scale, axis=1).max(1)
+
+
+@register_score("energy", "1 (raw cosine)", "T * logsumexp(cos / T) at T = 1 (negative free energy)")
+def energy(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
+    return logsumexp(cos, axis=1)
+
+
+@register_score("maxlogit", "none (temperature-invariant)", "max cosine")
+def maxlogit(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
+    return cos.max(1)
+
+
+@register_score("entropy", "1 (raw cosine)", "negative entropy of softmax(cos / T) at T = 1")
+def neg_entropy(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
+    p = softmax(cos, axis=1)
+    return (p * np.log(p + 1e-12)).sum(1)
+
+
+GLMCM_LAMBDA = 1.0  # lambda_local of the reference
+CLIPN_SCALE = 100.0  # CLIPN's classifier multiplies both cosines by a fixed 100, whatever the model's logit scale
+
+
+@register_score("glmcm", "1 (raw cosine)", "GL-MCM: MCM + 1.0 x max over patches and classes of "
+                "softmax(local cosines), T = 1 (ViT only; needs local features)", needs=("local_mcm",))
+def glmcm(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
+    return softmax(cos, axis=1).max(1) + GLMCM_LAMBDA * np.asarray(extras["local_mcm"], np.float64)
+
+
+@register_score("lmcm", "1 (raw cosine)", "L-MCM: the local term of GL-MCM alone (ViT only; needs local "
+                "features)", needs=("local_mcm",))
+def lmcm(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
+    return np.asarray(extras["local_mcm"], np.float64)
+
+
+def clipn_yes_probability(cos: np.ndarray, no_cos: np.ndarray) -> np.ndarray:
+    """p_yes per class: softmax over the pair (yes logit, no logit), both at CLIPN's scale of 100."""
+    x = CLIPN_SCALE * (np.asarray(cos, np.float64) - np.asarray(no_cos, np.float64))
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # the logistic function, without overflow
+
+
+@register_score("ctw", "1/100 (CLIPN's fixed scale)", "CLIPN competing-to-win: p_yes of the predicted class "
+                "(needs CLIPN's 'no' cosines)", needs=("no_cos",))
+def ctw(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
+    p_yes = clipn_yes_probability(cos, extras["no_cos"])
+    return p_yes[np.arange(len(cos)), np.asarray(cos).argmax(1)]
+
+
+@register_score("atd", "1/100 (CLIPN's fixed scale)", "CLIPN agreeing-to-differ: sum over classes of p_yes x "
+                "softmax(100 x cos) (needs CLIPN's 'no' cosines)", needs=("no_cos",))
+def atd(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
+    p_yes = clipn_yes_probability(cos, extras["no_cos"])
+    return (p_yes * softmax(CLIPN_SCALE * np.asarray(cos, np.float64), axis=1)).sum(1)
+
+
+def compute_score(name: str, cos: np.ndarray, logit_scale: float,
+                  extras: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """The score of every sample; ``extras`` holds the evidence the score ``needs`` (an error names how to save it)."""
+    score = SCORES.get(name)
+    extras = extras or {}
+    missing = [k for k in score.needs if k not in extras]
+    if missing:
+        raise UeobenchError(f"score '{name}' needs {', '.join(missing)} ({how_to_save(name)})")
+    cos = np.asarray(cos, dtype=np.float64)
+    for k in score.needs:
+        if np.shape(extras[k])[0] != len(cos):
+            raise UeobenchError(f"score '{name}': saved {k} has {np.shape(extras[k])[0]} rows for {len(cos)} samples")
+    return score.fn(cos, logit_scale, extras)
+
+
+# -------------------------------------------------------------------------------------- rejection rules
+
+RULES_DOC = {
+    "nent:TAU": "unknown when the normalised entropy H(p)/log K of softmax(logit_scale * cos) is at least TAU "
+    "(uniood uses 0.5, COCA 0.55)",
+    "kmeans2": "SHOT-ODA: 2-means on the normalised entropy; the high-entropy cluster is unknown",
+}
+DEFAULT_RULE = "nent:0.5"
+
+
+def normalised_entropy(cos: np.ndarray, logit_scale: float) -> np.ndarray:
+    p = softmax(np.asarray(cos, np.float64) * logit_scale, axis=1)
+    k = p.shape[1]
+    return -(p * np.log(p + 1e-12)).sum(1) / np.log(k) if k > 1 else np.zeros(len(p))
+
+
+def check_rule(rule: str) -> None:
+    """Validate a rejection rule's name and threshold without any data."""
+    accept_known(np.zeros((1, 2)), 1.0, rule)
+
+
+def check_request(score: str, rule: str, method: str, method_extras: tuple[str, ...]) -> None:
+    """Refuse, before anything is loaded, a score whose evidence the method does not give (local features are
+    checked against the backbone when the run starts) and a malformed rule."""
+    for kind in SCORES.get(score).needs:  # raises with a suggestion for an unknown score
+        if kind != "local_mcm" and kind not in method_extras:
+            raise UeobenchError(f"score '{score}' needs {kind}, which method '{method}' does not give "
+                                f"({how_to_save(score)})")
+    check_rule(rule)
+
+
+def accept_known(cos: np.ndarray, logit_scale: float, rule: str = DEFAULT_RULE) -> np.ndarray:
+    """Boolean mask of samples accepted as known under a label-free rule."""
+    ent = normalised_entropy(cos, logit_scale)
+    if rule.startswith("nent:"):
+        try:
+            tau = float(rule[5:])
+        except ValueError:
+            raise UeobenchError(f"bad threshold rule '{rule}'; use nent:TAU (e.g. nent:0.5) or kmeans2") from None
+        if not 0.0 <= tau <= 1.0:  # nan fails this too
+            raise UeobenchError(f"bad threshold rule '{rule}': TAU is a normalised entropy in [0, 1], e.g. nent:0.5")
+        return ent < tau
+    if rule == "kmeans2":
+        from sklearn.cluster import KMeans
+
+        if len(ent) < 2 or np.ptp(ent) == 0:
+            return np.ones(len(ent), bool)
+        km = KMeans(n_clusters=2, n_init=10, random_state=0).fit(ent[:, None])
+        threshold = float(km.cluster_centers_.mean())
+        return ent < threshold
+    raise UeobenchError(f"unknown threshold rule '{rule}'; use nent:TAU (e.g. nent:0.5) or kmeans2")
