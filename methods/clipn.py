@@ -30,7 +30,7 @@ from ueobench import (
     option,
     register_method,
 )
-from ueobench.models import class_display_name, encode_images
+from ueobench.models import check_prompt_lengths, class_display_name, encode_images
 
 _OF = [
     "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a low resolution photo of the {}.",
@@ -73,7 +73,9 @@ def _class_features(encode, tokenizer, templates: list[str], class_names: list[s
     """normalize(Σ_templates normalize(encode(template.format(class)))), [K, D]."""
     total = None
     for t in templates:
-        tokens = tokenizer([t.format(class_display_name(c)) for c in class_names]).to(device)
+        texts = [t.format(class_display_name(c)) for c in class_names]
+        check_prompt_lengths(tokenizer, texts)
+        tokens = tokenizer(texts).to(device)
         f = F.normalize(encode(tokens).float(), dim=-1)
         total = f if total is None else total + f
     return F.normalize(total, dim=-1)

@@ -99,7 +99,7 @@ class GDA(Method):
         base = self._text_logits(x, text)
         gamma = torch.softmax(base, dim=1)
         n = x.shape[0]
-        iterations, delta = 0, float("nan")
+        iterations, delta = 0, None
         w = b = None
         while iterations < o.max_iter:
             iterations += 1
@@ -116,7 +116,8 @@ class GDA(Method):
         k = len(self.class_names)
         self.w, self.b = w[:, :k].float(), b[:k].float()
         self._info = {"em_iterations": iterations, "em_last_change": delta,
-                      "em_converged": bool(delta <= o.tol), "fit_seconds": round(time.perf_counter() - t0, 4),
+                      "em_converged": delta is not None and delta <= o.tol,
+                      "fit_seconds": round(time.perf_counter() - t0, 4),
                       "background_share": float(gamma[:, k:].sum() / n) if o.background else None}
         return []
 

@@ -132,7 +132,7 @@ class TDA(Method):
         o = self.options
         feats = context.image_features().float()
         n, k = feats.shape[0], len(self.class_names)
-        norm = math.log2(k) if o.entropy_norm == "log2" else math.log(k)
+        norm = (math.log2(k) if o.entropy_norm == "log2" else math.log(k)) if k > 1 else 1.0  # one class: H = 0
         order = torch.randperm(n, generator=torch.Generator().manual_seed(context.seed)).tolist()
         online = np.zeros((n, k), dtype=np.float32)
         admitted = 0

@@ -175,7 +175,7 @@ def test_a_pickle_that_executes_code_is_refused(cli, tmp_path):
     with open(evil, "wb") as f:
         pickle.dump({"state_dict": _Evil()}, f)
     r = cli("run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", f"tiny-vit:{evil}")
-    assert r.exit_code == 2 and "cannot load backbone" in r.output
+    assert r.exit_code == 2 and "cannot read checkpoint" in r.output and "never pickled code" in r.output
     assert not Path("pwned").exists()
     # a plain tensor checkpoint still loads (weights_only allows tensors)
     from ueobench.models.backbones import load_backbone

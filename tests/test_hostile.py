@@ -96,7 +96,7 @@ def test_bad_config_and_cache_locations(cli, tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("UEOBENCH_FEATURE_CACHE", str(blocker))
-    assert "is not a usable folder" in one_line_error(cli(*RUN))
+    assert "is a file, not a folder" in one_line_error(cli(*RUN))
     assert "does not exist" in one_line_error(cli("table", "--output", str(tmp_path / "missing" / "t.md")))
     r = cli("sweep", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY,
             "--results", str(blocker))
@@ -174,8 +174,10 @@ def test_any_name_is_escaped_in_every_format(tmp_path_factory, name):
     rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert len(rows) == 2 and all(ln.count(" | ") - ln.count("\\\\|") == rows[0].count(" | ") for ln in rows)
     tex = render(t, "latex").splitlines()
-    assert len(tex) == 7 + len(t.rows)  # comment, begin, toprule, header, midrule, rows, bottomrule, end
-    assert tex[0].startswith("% ") and all(" & " in ln for ln in tex[3:4] + tex[5:5 + len(t.rows)])
+    # needs-comment, table, centering, caption, label, tabular, toprule, header, midrule, rows, bottomrule,
+    # end tabular, end table: a name can add no line (a newline would end a comment and start live LaTeX)
+    assert len(tex) == 12 + len(t.rows)
+    assert tex[0].startswith("% ") and all(" & " in ln for ln in tex[7:8] + tex[9:9 + len(t.rows)])
     assert "<script" not in render(t, "html").lower().replace("&lt;script", "")
     for cell in render(t, "csv").splitlines()[1].split(","):
         assert not cell.startswith(("=", "+", "@"))

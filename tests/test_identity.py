@@ -182,10 +182,23 @@ def test_data_fingerprint_covers_the_images_and_resolves_paths(tmp_path, monkeyp
     plain = run_id("a")
     listed.write_text("\n".join(f"Art/../{ln}" for ln in lines) + "\n")
     assert run_id("a") == plain
-    # touching one image changes the data
+    # the data is its content: touching an image changes nothing; other bytes of the same size, with the old
+    # modification time put back, change it (the content index keys on the change time, which no one can set)
     img = tmp_path / "a" / "toy" / "Art" / "Bike" / "000.png"
     os.utime(img, ns=(1, 1))
+    assert run_id("a") == plain
+    st = img.stat()
+    data = bytearray(img.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    img.write_bytes(bytes(data))
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert img.stat().st_size == st.st_size and img.stat().st_mtime_ns == st.st_mtime_ns
     assert run_id("a") != plain
+    # where the data lives is not part of it: a copy elsewhere is the same data
+    import shutil
+
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    assert run_id("c") == run_id("b")
 
 
 def test_planning_reads_each_domain_once_and_fingerprints_each_method_once(monkeypatch):

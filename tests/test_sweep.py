@@ -90,6 +90,8 @@ def test_dry_run_prints_the_plan(cli):
             "--backbone", TINY, "--dry-run")
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
+    assert lines[0].startswith("planning 8 runs")  # says what it does before it reads data
+    lines = lines[1:]
     assert len(lines) == 2 * 2 * 2 + 1
     assert lines[-1] == "8 runs: 0 done, 0 running, 0 failed, 8 pending"
     assert not Path("results/runs").exists()

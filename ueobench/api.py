@@ -13,7 +13,7 @@ from .data.protocols import DEFAULT_DATASET, SHIFTS, list_datasets, load_protoco
 from .method.plugins import PLUGIN_DIRS, add_plugin_folder
 from .report.requests import ExportRequest, PlotRequest, TableRequest
 from .runs.request import RunRequest
-from .scoring.scores import SCORES
+from .scoring.scores import DEFAULT_RULE, SCORES
 from .sweeps.spec import SweepRequest, SweepSpec
 
 __all__ = [
@@ -35,7 +35,8 @@ def run(request: RunRequest | None = None, progress: Any = None, **kwargs: Any):
 def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset: str = DEFAULT_DATASET,
                seed: str = "0", backbone: str | None = None, options: dict[str, str] | None = None,
                device: str = "auto", data_root: str | None = None, results: str = "results",
-               score: str = "mcm") -> SweepSpec:
+               score: str = "mcm", rule: str | None = None, precision: str = "auto", eval_batch_size: int = 256,
+               cache: bool = True, loader_workers: int | None = None) -> SweepSpec:
     """A grid from the CLI's spelling: comma-separated lists or ``all``, seed ranges (``0-2``), and option
     values ``key=a,b`` that become an axis."""
     from .sweeps.spec import parse_list, parse_seeds
@@ -47,6 +48,8 @@ def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset:
         datasets=parse_list(dataset, list_datasets(), "--dataset"),
         seeds=parse_seeds(seed), backbones=parse_list(backbone) or [None], options=dict(options or {}),
         results=results, data_root=data_root, device=device, plugins=[str(p) for p in PLUGIN_DIRS], score=score,
+        rule=rule or DEFAULT_RULE, precision=precision, eval_batch_size=eval_batch_size, cache=cache,
+        loader_workers=loader_workers,
     )
 
 
@@ -60,18 +63,22 @@ def sweep(request: SweepRequest | SweepSpec, progress: Any = None, echo: Callabl
     ``echo`` receives one line per finished run (and the dry-run listing)."""
     from .store.claims import STATES, grid_status, state
     from .store.records import check_writable
-    from .sweeps.jobs import job_names, save_sweep
+    from .runs.plan import Planner
+    from .sweeps.jobs import plan_jobs, save_sweep, unique_jobs
     from .sweeps.launchers import LAUNCHERS
     from .sweeps.spec import expand
 
     req = request if isinstance(request, SweepRequest) else SweepRequest(request, **how)
     spec = req.spec
     jobs = expand(spec)
-    names = job_names(jobs)
+    if req.dry_run:
+        echo(f"planning {len(jobs)} runs (reads every image list once; a built-in world is generated on first use)")
+    jobs, plans = unique_jobs(jobs, plan_jobs(jobs, Planner(progress)))
+    names = [p.run_id for p in plans]
     if req.dry_run:
         states = [state(spec.results, n) for n in names]
-        for j, n, st in zip(jobs, names, states):
-            echo(f"{st:<8} {n}  backbone={j.backbone or 'default'}")
+        for p, n, st in zip(plans, names, states):
+            echo(f"{st:<8} {n}  {p.label} on {p.plan.backbone}")
         return {"key": spec.key(), "runs": len(jobs), "states": {s: states.count(s) for s in STATES},
                 "outcome": {}, "workers_failed": 0, "dry_run": True}
     check_writable(spec.results)  # before the plan is written: a read-only, full or file-valued folder stops here
@@ -81,6 +88,7 @@ def sweep(request: SweepRequest | SweepSpec, progress: Any = None, echo: Callabl
            "outcome": launched.outcome, "workers_failed": launched.workers_failed}
     if launched.submitted:
         out["submitted"] = True
+        out["gpus"] = launched.gpus
     return out
 
 
@@ -88,22 +96,33 @@ def status(results: str = "results", spec: SweepSpec | None = None) -> list[dict
     """``ueobench status``: for one grid (``spec``, planned now) or every sweep saved under ``results`` (read
     from their stored plans, without importing any method), the state of each run."""
     from .store.claims import STATES, state
-    from .sweeps.jobs import job_names, load_sweep, saved_sweeps
+    from .store.records import failure_reason
+    from .sweeps.jobs import load_sweep, plan_jobs, saved_sweeps, unique_jobs
     from .sweeps.spec import expand
 
     grids = []
     if spec is not None:
-        grids.append((spec, job_names(expand(spec))))
+        jobs = expand(spec)
+        grids.append((spec, [p.run_id for p in unique_jobs(jobs, plan_jobs(jobs))[1]]))
     else:
+        import warnings
+
+        from .core.errors import UeobenchError
+
         for path in saved_sweeps(results):
-            saved, _, names = load_sweep(path)
+            try:
+                saved, _, names = load_sweep(path)
+            except UeobenchError as e:  # one damaged plan never hides the others
+                warnings.warn(f"{e}; skipping it", stacklevel=2)
+                continue
             grids.append((saved, names))
     out = []
     for s, names in grids:
         states = {n: state(results, n) for n in names}
         out.append({"key": s.key(), "methods": s.methods, "protocols": s.protocols, "datasets": s.datasets,
                     "runs": len(names), "counts": {k: list(states.values()).count(k) for k in STATES},
-                    "states": states})
+                    "states": states,
+                    "failures": {n: failure_reason(results, n) for n, st in states.items() if st == "failed"}})
     return out
 
 

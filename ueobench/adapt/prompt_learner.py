@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import UeobenchError
-from ..models.clip_ops import class_display_name
+from ..models.clip_ops import check_prompt_lengths, class_display_name
 from ..models.text_tower import TextTower
 
 
@@ -44,7 +44,9 @@ class PromptLearner(nn.Module):
                 width = self.tower.src.token_embedding.weight.shape[1]
                 ctx = torch.empty(n_ctx, width, device=device).normal_(0, init_std)
                 prefix_text = " ".join(["X"] * n_ctx)
-            tokens = tokenizer([f"{prefix_text} {n}." for n in names]).to(device)
+            texts = [f"{prefix_text} {n}." for n in names]
+            check_prompt_lengths(tokenizer, texts, f"prompt of {n_ctx} context tokens and a class name")
+            tokens = tokenizer(texts).to(device)
             emb = self.tower.embed_tokens(tokens).float()
         self.ctx = nn.Parameter(ctx.clone())
         self.register_buffer("tokens", tokens, persistent=False)

@@ -15,6 +15,7 @@ import click
 
 from .. import api
 from ..core.errors import UeobenchError
+from ..core.text import printable
 
 DEBUG = {"on": bool(os.environ.get("UEOBENCH_DEBUG"))}
 
@@ -56,11 +57,15 @@ class Group(click.Group):
     command_class = Command
 
     def invoke(self, ctx: click.Context) -> Any:
-        warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
+        warnings.formatwarning = lambda message, *a, **k: f"warning: {printable(message)}\n"
         try:
             return super().invoke(ctx)
         except UeobenchError as e:
-            raise UserError(str(e)) from None
+            raise UserError(printable(str(e))) from None
+        except BrokenPipeError:  # the reader went away (| head): stop quietly, as a Unix tool does
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - the last-resort net; each known fault has its own fix
@@ -103,3 +108,31 @@ def filters_options(f):
     for name in ("method", "dataset", "protocol", "domain", "backbone"):
         f = click.option(f"--{name}", default=None, help=f"Keep {name}s matching these globs (comma-separated).")(f)
     return f
+
+
+def check_output(output: str | None) -> None:
+    """Refuse, before any work, an output file whose folder does not exist."""
+    from pathlib import Path
+
+    if output and not Path(output).parent.is_dir():
+        raise UeobenchError(f"folder {Path(output).parent} does not exist; create it or pass another --output")
+
+
+def emit(text: str, output: str | None) -> None:
+    """Print, or write to ``output`` (one clear line when the file cannot be written: full, read-only, ...)."""
+    from pathlib import Path
+
+    if not output:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UeobenchError(f"cannot write {output} ({e.strerror}); pass another --output") from None
+    click.echo(f"wrote {output}", err=True)
+
+
+def say(*lines: str, err: bool = False) -> None:
+    """``click.echo`` of lines that may hold names from data: each argument is one line, with its control
+    characters (newlines included) escaped, so no name can forge a line of output."""
+    click.echo("\n".join(printable(line) for line in lines or ("",)), err=err)

@@ -9,7 +9,7 @@ import click
 from .. import api
 from ..data.protocols import SHIFTS
 from ..scoring.scores import RULES_DOC
-from .common import Command, Group
+from .common import Command, Group, say
 
 
 @click.group(name="list", cls=Group)
@@ -26,7 +26,7 @@ def list_methods(as_json: bool) -> None:
         click.echo(json.dumps(info, indent=1, sort_keys=True, default=str))
         return
     for name, m in info.items():
-        click.echo(f"{name:<12} {m['adaptation']:<13} {m['summary']}")
+        say(f"{name:<12} {m['adaptation']:<13} {m['summary']}")
 
 
 @list_.command("backbones")
@@ -47,9 +47,9 @@ def list_backbones(pattern: str | None, show_all: bool, as_json: bool) -> None:
         click.echo(json.dumps(shown, indent=1))
         return
     for r in shown:
-        click.echo(f"{r['backbone']:<48} {r['source']}")
+        say(f"{r['backbone']:<48} {r['source']}")
     if not show_all:
-        click.echo(f"... and {len(rows) - len(ours)} open_clip pretrained backbones "
+        say(f"... and {len(rows) - len(ours)} open_clip pretrained backbones "
                    f"(ARCH:TAG, e.g. ViT-B-16:openai, RN50:openai); see them with --all or a PATTERN")
 
 
@@ -65,7 +65,7 @@ def list_datasets(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=1))
         return
     for r in rows:
-        click.echo(f"{r['dataset']:<11} {r['classes']:>4} classes  domains: {', '.join(r['domains'])}")
+        say(f"{r['dataset']:<11} {r['classes']:>4} classes  domains: {', '.join(r['domains'])}")
 
 
 @list_.command("scores")
@@ -73,10 +73,10 @@ def list_scores() -> None:
     """OOD scores (--score) and H-score rejection rules (--rule)."""
     for name in api.SCORES.names():
         s = api.SCORES.get(name)
-        click.echo(f"{name:<9} T={s.temperature:<28} {s.doc}")
+        say(f"{name:<9} T={s.temperature:<28} {s.doc}")
     click.echo("\nH-score rejection rules (--rule):")
     for k, v in RULES_DOC.items():
-        click.echo(f"{k:<9} {v}")
+        say(f"{k:<9} {v}")
 
 
 @click.group(cls=Group)
@@ -94,11 +94,11 @@ def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(roles, indent=1))
         return
-    click.echo(f"{roles['dataset']} / {shift}: {roles['num_classes']} classes")
+    say(f"{roles['dataset']} / {shift}: {roles['num_classes']} classes")
     for role, doc in (("known", "prompted"), ("target", "present in the adaptation data"),
                       ("unknown", "present but not known"), ("absent", "known but not present")):
         names = roles[role]
-        click.echo(f"\n{role} ({doc}): {len(names)}")
+        say("", f"{role} ({doc}): {len(names)}")
         click.echo("  " + (", ".join(names) if names else "(none)"))
 
 
@@ -111,15 +111,15 @@ def show_method(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(m, indent=1, sort_keys=True, default=str))
         return
-    click.echo(f"{m['name']} ({m['adaptation']}{', reads target labels' if m['oracle'] else ''}) from {m['origin']}\n")
-    click.echo(m["description"] + "\n")
+    say(f"{m['name']} ({m['adaptation']}{', reads target labels' if m['oracle'] else ''}) from {m['origin']}", "")
+    say(*str(m["description"]).splitlines(), "")
     click.echo("options (--set KEY=VALUE):")
     for o in m["options"]:
         per = {ds: d[o["name"]] for ds, d in m["dataset_defaults"].items() if o["name"] in d}
         extra = ("  [" + ", ".join(f"{ds}: {v!r}" for ds, v in per.items()) + "]") if per else ""
-        click.echo(f"  {o['name']:<16} {o['type']:<12} default {o['default']!r}{extra}")
+        say(f"  {o['name']:<16} {o['type']:<12} default {o['default']!r}{extra}")
         if o["help"]:
-            click.echo(f"  {'':<16} {o['help']}")
+            say(f"  {'':<16} {o['help']}")
 
 
 @click.group(cls=Group)
@@ -140,42 +140,64 @@ def data_check(dataset: str, domain: str | None, protocol: str, data_root: str |
         click.echo(json.dumps(reports, indent=1))
     else:
         for r in reports:
-            click.echo(f"{r['dataset']}/{r['domain']} ({r['source']}: {r['location']}), roles under {r['shift']}")
+            say(f"{r['dataset']}/{r['domain']} ({r['source']}: {r['location']}), roles under {r['shift']}")
             for split, c in r["splits"].items():
-                click.echo(f"  {split:<6} {c['images']:>7} images  known {c['known']:>7}  unknown {c['unknown']:>7}  classes {c['classes']}")
+                say(f"  {split:<6} {c['images']:>7} images  known {c['known']:>7}  unknown {c['unknown']:>7}  classes {c['classes']}")
             for kind in ("missing", "unreadable"):
-                click.echo(f"  {kind}: {len(r[kind])}")
+                say(f"  {kind}: {len(r[kind])}")
                 for f in r[kind][:20]:
-                    click.echo(f"    {f}")
+                    say(f"    {f}")
                 if len(r[kind]) > 20:
-                    click.echo(f"    ... and {len(r[kind]) - 20} more")
+                    say(f"    ... and {len(r[kind]) - 20} more")
     if any(r["missing"] or r["unreadable"] for r in reports):
         sys.exit(1)
 
 
+def _positive_minutes(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{value} is not a positive number of minutes", ctx, param)
+    return value
+
+
 @click.command(cls=Command)
 @click.argument("world", type=click.Choice(["shapes", "shapes65"]))
-@click.option("--out", default=None, help="Where to write the weights (default: the built-in weights file).")
-@click.option("--steps", default=None, type=int, help="Optimiser steps (default: the shipped recipe).")
-@click.option("--minutes", default=None, type=float, help="Stop after this many minutes.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Where to write the weights (default: ./ARCH-retrained.safetensors).")
+@click.option("--install", is_flag=True,
+              help="Replace the installed built-in weights (ARCH:builtin) instead; runs made with the old weights "
+                   "keep their own identity.")
+@click.option("--steps", default=None, type=click.IntRange(min=1), help="Optimiser steps (default: the shipped recipe).")
+@click.option("--minutes", default=None, type=float, callback=_positive_minutes,
+              help="Stop after this many minutes (default: the shipped recipe's hard stop).")
 @click.option("--pool", default=None, type=click.IntRange(min=1),
               help="Image-caption pairs to render (default: the shipped recipe's).")
-def pretrain(world: str, out: str | None, steps: int | None, minutes: float | None, pool: int | None) -> None:
+def pretrain(world: str, out: str | None, install: bool, steps: int | None, minutes: float | None,
+             pool: int | None) -> None:
     """Retrain the tiny CLIP of a built-in world from scratch on the CPU (on 2 cores, shapes: about 45 minutes;
     shapes65: about 8 minutes)."""
     from pathlib import Path
 
-    from ..models.pretrain import default_output, recipe
+    from ..core.errors import UeobenchError
+    from ..models.pretrain import installed_output, recipe
     from ..models.pretrain import pretrain as run_pretrain
 
     cfg = recipe(world)
+    if out and install:
+        raise UeobenchError("--out and --install both given; give one")
     if steps is not None:
         cfg.steps = steps
     if minutes is not None:
         cfg.minutes = minutes
     if pool is not None:
         cfg.pool = pool
-    summary = run_pretrain(cfg, Path(out) if out else default_output(world), log=lambda m: click.echo(m, err=True))
+    target = installed_output(world) if install else Path(out or f"{cfg.arch}-retrained.safetensors")
+    if not target.parent.is_dir():
+        raise UeobenchError(f"folder {target.parent} does not exist; create it or pass another --out")
+    summary = run_pretrain(cfg, target, log=lambda m: click.echo(m, err=True))
+    if not install:
+        summary["use_with"] = f"--backbone {cfg.arch}:{target.resolve()}"
     click.echo(json.dumps(summary, indent=1))
 
 

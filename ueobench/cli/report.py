@@ -1,14 +1,12 @@
 """``table``, ``plot``, ``export`` and ``reference check``: reports from the stored records."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import click
 
 from .. import api
-from ..core.errors import UeobenchError
 from ..scoring.metrics import METRICS
-from .common import Command, Group, filters_options
+from .common import Command, Group, check_output, emit, filters_options
 
 
 @click.command(cls=Command)
@@ -16,10 +14,14 @@ from .common import Command, Group, filters_options
 @click.option("--metric", "metrics", default="acc", show_default=True,
               help=f"Metric, or several joined by commas for 'a / b' cells: {', '.join(METRICS)}.")
 @click.option("--rows", default="method", show_default=True, help="Row axis: method, dataset, protocol, domain, backbone.")
-@click.option("--cols", default="domain", show_default=True, help="Column axis; axes not shown are averaged or must be filtered.")
+@click.option("--cols", default="domain", show_default=True,
+              help="Column axis, or metric (one column per metric); axes not shown are averaged or split the table.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target"]))
 @filters_options
-@click.option("--seeds", default=None, type=int, help="Expected seeds per cell; cells with fewer are flagged with †.")
+@click.option("--seeds", default=None, type=click.IntRange(min=1),
+              help="Expected seeds per cell; cells with fewer are flagged with †.")
+@click.option("--data-version", default=None, metavar="PREFIX",
+              help="Keep runs whose data checksum starts with PREFIX (when a domain's images changed between runs).")
 @click.option("--score", default=None, help="Recompute AUROC/FPR95 from saved predictions with this OOD score.")
 @click.option("--rule", default=None, help="Recompute the H-score with this rejection rule (nent:TAU or kmeans2).")
 @click.option("--no-average", is_flag=True, help="Leave out the average column.")
@@ -33,19 +35,14 @@ from .common import Command, Group, filters_options
 @click.option("--code", default="current", show_default=True, type=click.Choice(["current", "all"]),
               help="current: only runs made by the installed code of each method; all: older code too, in rows of their own.")
 def table(results: str, metrics: str, rows: str, cols: str, split: str, method, dataset, protocol, domain, backbone,
-          seeds: int | None, score: str | None, rule: str | None, no_average: bool, rank_oracle: bool,
-          reference: str | None, fmt: str, error: str, output: str | None, code: str) -> None:
+          seeds: int | None, data_version: str | None, score: str | None, rule: str | None, no_average: bool,
+          rank_oracle: bool, reference: str | None, fmt: str, error: str, output: str | None, code: str) -> None:
     """Render a leaderboard from the stored runs."""
-    if output and not Path(output).parent.is_dir():
-        raise UeobenchError(f"folder {Path(output).parent} does not exist; create it or pass another --output")
+    check_output(output)
     filters = {"method": method, "dataset": dataset, "protocol": protocol, "domain": domain, "backbone": backbone}
     text = api.table(api.TableRequest(results, metrics, rows, cols, split, filters, seeds, score, rule, not no_average,
-                                      rank_oracle, reference, fmt, code, error))
-    if output:
-        Path(output).write_text(text, encoding="utf-8")
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=False)
+                                      rank_oracle, reference, fmt, code, error, data_version))
+    emit(text, output)
 
 
 @click.command(cls=Command)
@@ -87,12 +84,11 @@ def reference_check(path: str) -> None:
               help="current: only runs made by the installed code of each method; all: every readable run.")
 def export(results: str, fmt: str, output: str | None, code: str) -> None:
     """One row per run: every plan field, each option as a column, every metric of both splits."""
-    if output and not Path(output).parent.is_dir():
-        raise UeobenchError(f"folder {Path(output).parent} does not exist; create it or pass another --output")
-    out = api.export(api.ExportRequest(results, fmt, output, code))
-    if output:
+    check_output(output)
+    if fmt == "parquet":
+        out = api.export(api.ExportRequest(results, fmt, output, code))
         click.echo(f"wrote {out}", err=True)
-    else:
-        click.echo(out, nl=False)
+        return
+    emit(api.export(api.ExportRequest(results, fmt, None, code)), output)
 
 

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any, Iterator
 
+from .text import printable
+
 
 class NullProgress:
     def add_task(self, *a: Any, **k: Any) -> int:
@@ -46,7 +48,7 @@ class PlainProgress:
         self._next = 1
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(printable(text), file=self.stream, flush=True)
 
     def log(self, message: str) -> None:
         self._print(message)
@@ -138,7 +140,7 @@ class _RichBars:
         self.p = progress
 
     def add_task(self, description: str, total: float | None = None, **fields: Any) -> int:
-        return self.p.add_task(description, total=total, rate="", loss_text="")
+        return self.p.add_task(printable(description), total=total, rate="", loss_text="")
 
     def _fields(self, tid: int, fields: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -159,4 +161,4 @@ class _RichBars:
         self.p.remove_task(tid)
 
     def log(self, message: str) -> None:
-        self.p.console.print(message, markup=False, highlight=False)
+        self.p.console.print(printable(message), markup=False, highlight=False)

@@ -5,10 +5,10 @@ images from the first source that exists (``load_domain``), fingerprints them (`
 the shift (``apply_shift``): the adaptation split keeps the shift's target classes, and labels are remapped as the
 reference code does, known classes 0..K-1 and every other class >= K.
 
-The data fingerprint covers every image of both lists: its path relative to the dataset root (resolved, so
-``a/../a/x.png`` is one image), its label, size and modification time, and the data root as the user named it.
-The built-in generated worlds are hashed by content (their files are small and regenerated per machine), and
-Hugging Face datasets by the library's own fingerprint of each split.
+The data fingerprint is content: every image's path relative to the dataset root, its label and the SHA-256 of
+its bytes (remembered per file version by ``ueobench.core.content``), or, for Hugging Face datasets, the
+library's own fingerprint of each split. Where the data lives on this machine never enters it, so a sweep
+planned on a login node has the ids its workers compute, whatever their mount points.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..core.errors import DataError, UeobenchError
-from ..core.hashing import file_sha256
+from ..core.content import content_hashes
 from ..core.registry import suggest
 from . import settings as settings_mod
 from . import worlds
@@ -194,22 +194,28 @@ def resolve_dataset(domain: str, dataset: str | None, data_root: str | None,
 # -------------------------------------------------------------------------------------------- fingerprint
 
 
-def data_fingerprint(domain: DomainData, root: str | None, root_label: str) -> str:
-    """Content address of one domain's images (both lists). ``root``: the folder list paths are relative to;
-    ``root_label``: the data root as the user named it (or the built-in world's name)."""
-    h = hashlib.sha256(f"root {root_label}\nsource {domain.source}\n".encode())
-    content = domain.source == "builtin"
+def data_fingerprint(domain: DomainData, root: str | None) -> str:
+    """Content address of one domain's images (both lists): for every image its path relative to the dataset
+    root ``root`` (resolved, so ``a/../a/x.png`` is one image), its label and the SHA-256 of its bytes; for a
+    Hugging Face dataset, each row's index and label and the library's fingerprint of each split. Where the data
+    lives on this machine does not enter it. Fills ``domain.content`` (each image's content key), which the
+    feature cache is keyed by."""
+    h = hashlib.sha256(f"source {domain.source}\n".encode())
     base = os.path.realpath(root) if root else None
+    hashes = content_hashes()
     for role, entries in (("adapt", domain.adapt), ("test", domain.test)):
         h.update(f"role {role}\n".encode())
-        for line in _entry_lines(entries, base, content):
+        for line in _entry_lines(entries, base, hashes, domain.content):
             h.update(line.encode())
     if domain.content_id:
         h.update(f"content {domain.content_id}\n".encode())
+        for role, entries in (("adapt", domain.adapt), ("test", domain.test)):
+            for e in entries:
+                domain.content[e.ref] = f"{domain.content_id}:{e.ref}"
     return "sha256:" + h.hexdigest()
 
 
-def _entry_lines(entries: Iterable[Any], base: str | None, content: bool) -> Iterable[str]:
+def _entry_lines(entries: Iterable[Any], base: str | None, hashes: Any, content: dict) -> Iterable[str]:
     for e in entries:
         ref = e.ref
         if isinstance(ref, str) and os.path.isabs(ref):
@@ -220,12 +226,12 @@ def _entry_lines(entries: Iterable[Any], base: str | None, content: bool) -> Ite
             else:
                 ref = os.path.realpath(ref)
                 rel = os.path.relpath(ref, base) if base else ref
-            try:
-                st = os.stat(ref)
-                stamp = file_sha256(ref) if content else f"{st.st_size}:{st.st_mtime_ns}"
-            except OSError:
-                stamp = "missing"
-            yield f"{rel}\t{e.label}\t{stamp}\n"
+            if e.ref not in content:
+                try:
+                    content[e.ref] = "sha256:" + hashes.sha256(ref)
+                except OSError:
+                    content[e.ref] = "missing"
+            yield f"{rel}\t{e.label}\t{content[e.ref]}\n"
         else:
             yield f"{ref}\t{e.label}\n"
 
@@ -263,13 +269,8 @@ class DataResolver:
         key = (proto.name, name, data_root)
         if key not in self._domains:
             dd = load_domain(proto, name, data_root, self.progress, self.settings)
-            if dd.source == "hf":
-                root, label = None, dd.location
-            elif dd.source == "builtin":
-                root, label = str(dataset_root(proto, data_root, settings=self.settings)), f"builtin:{proto.name}"
-            else:  # the root as the user named it (not resolved): copies of a dataset stay apart
-                root = label = str(dataset_root(proto, data_root, settings=self.settings))
-            self._domains[key] = (dd, data_fingerprint(dd, root, label))
+            root = None if dd.source == "hf" else str(dataset_root(proto, data_root, settings=self.settings))
+            self._domains[key] = (dd, data_fingerprint(dd, root))
         dd, checksum = self._domains[key]
         if key + (shift,) not in self._shifts:
             self._shifts[key + (shift,)] = apply_shift(proto, shift, dd)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,6 +41,9 @@ class DomainData:
     opener: Callable[[str | int], Image.Image]
     skipped: dict[str, int]
     content_id: str | None = None  # a content fingerprint the source provides itself (Hugging Face datasets)
+    #: each image's content key (``sha256:...``, or a Hugging Face split fingerprint and row), filled by the
+    #: data fingerprint; the feature cache is keyed by it
+    content: dict[str | int, str] = field(default_factory=dict)
 
 
 def normalise_name(name: str) -> str:
@@ -130,10 +133,10 @@ def read_image_list(path: Path, root: Path, num_classes: int) -> tuple[list[Entr
         full = inside(rel)
         if full is None:
             raise DataError(f"{path}:{n}: path {rel!r} escapes the dataset root {root}; list paths must be relative to it")
-        if rel in seen:
+        if full in seen:  # compared as resolved paths: ./x.png, a//x.png and a/../x.png are one image
             dupes += 1
             continue
-        seen.add(rel)
+        seen.add(full)
         entries.append(Entry(full, label))
     return entries, dupes
 
@@ -164,19 +167,40 @@ def read_folder_tree(folder: Path, classes: Sequence[str]) -> list[Entry]:
     return entries
 
 
-def _hf_label_mapper(ds: Any, column: str, classes: Sequence[str], where: str) -> Callable[[Any], int]:
+def _hf_labels(ds: Any, column: str, classes: Sequence[str], where: str) -> list[int | None]:
+    """Each row's class index in the protocol, or None for a row without a label (``datasets``' -1 or None).
+
+    A ClassLabel is matched to the protocol by class name; plain integers are protocol indices; strings are class
+    names. Anything else (floats, out-of-range integers, unknown names) is refused with the row that holds it."""
     feature = ds.features.get(column)
     if feature is None:
         raise DataError(f"{where}: no label column '{column}' (columns: {', '.join(ds.column_names)}); set label_column")
+    index = {normalise_name(c): i for i, c in enumerate(classes)}
     names = getattr(feature, "names", None)
+    table = None
     if names:
-        index = {normalise_name(c): i for i, c in enumerate(classes)}
         missing = [n for n in names if normalise_name(n) not in index]
         if missing:
             raise DataError(f"{where}: class label(s) {missing[:5]} match no protocol class")
         table = [index[normalise_name(n)] for n in names]
-        return lambda v: table[int(v)]
-    return int
+    out: list[int | None] = []
+    for row, v in enumerate(ds[column]):
+        if v is None or (isinstance(v, int) and not isinstance(v, bool) and v == -1):
+            out.append(None)  # the library's "no label"
+        elif isinstance(v, str):
+            if normalise_name(v) not in index:
+                raise DataError(f"{where}: row {row}: label {v!r} matches no protocol class (ueobench show protocol "
+                                f"lists them)")
+            out.append(index[normalise_name(v)])
+        elif isinstance(v, int) and not isinstance(v, bool):
+            bound = len(table) if table is not None else len(classes)
+            if not 0 <= v < bound:
+                raise DataError(f"{where}: row {row}: label {v} is outside the {bound} classes (0..{bound - 1})")
+            out.append(table[v] if table is not None else v)
+        else:
+            raise DataError(f"{where}: row {row}: label {v!r} is a {type(v).__name__}; the label column must hold "
+                            f"class indices or class names")
+    return out
 
 
 def read_hf(cfg: DatasetSettings, location: str, domain: Domain, classes: Sequence[str]) -> dict[str, Any]:
@@ -207,6 +231,10 @@ def read_hf(cfg: DatasetSettings, location: str, domain: Domain, classes: Sequen
             ds = obj
         if cfg.image_column not in ds.column_names:
             raise DataError(f"{where}: no image column '{cfg.image_column}' (columns: {', '.join(ds.column_names)})")
+        if not isinstance(ds.features[cfg.image_column], datasets.Image):
+            kind = type(ds.features[cfg.image_column]).__name__
+            raise DataError(f"{where}: column '{cfg.image_column}' holds {kind} values, not images; set image_column "
+                            f"to a column of the datasets.Image type")
         if cfg.domain_column:
             col = ds[cfg.domain_column]
             names = getattr(ds.features[cfg.domain_column], "names", None)
@@ -233,9 +261,17 @@ class _HFOpener:
 def _hf_domain(protocol: Protocol, dom: Domain, cfg: DatasetSettings, location: str, skipped: dict) -> DomainData:
     splits = read_hf(cfg, location, dom, protocol.classes)
     entries: dict[str, list[Entry]] = {}
+    where = f"Hugging Face dataset {location}"
+    unlabelled = 0
     for role, ds in splits.items():
-        to_label = _hf_label_mapper(ds, cfg.label_column, protocol.classes, f"Hugging Face dataset {location}")
-        entries[role] = [Entry(f"{role}:{i}", to_label(v)) for i, v in enumerate(ds[cfg.label_column])]
+        labels = _hf_labels(ds, cfg.label_column, protocol.classes, where)
+        entries[role] = [Entry(f"{role}:{i}", y) for i, y in enumerate(labels) if y is not None]
+        unlabelled += sum(y is None for y in labels)
+    if unlabelled:
+        import warnings
+
+        skipped["rows without a label"] = unlabelled
+        warnings.warn(f"{where}: skipped {unlabelled} rows without a label (-1 or None)", stacklevel=2)
     opener = _HFOpener(splits, cfg.image_column)
     content = ",".join(f"{role}={getattr(ds, '_fingerprint', None)}" for role, ds in sorted(splits.items()))
     return DomainData(protocol.name, dom.name, "hf", location, entries["adapt"], entries["test"], opener, skipped,

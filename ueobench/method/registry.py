@@ -12,7 +12,10 @@ import hashlib
 import importlib
 import importlib.util
 import pkgutil
+import re
 import sys
+import types
+import typing
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -79,11 +82,16 @@ METHODS: Registry[type[Method]] = Registry("method", loader=_load_plugins)
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: ``@register_method("ueo")``."""
 
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UeobenchError(f"method name {name!r} is not allowed: 1 to 64 letters, digits or _ . + -, starting with a "
+                            f"letter or digit")
+
     def deco(cls: type[Method]) -> type[Method]:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"@register_method('{name}') must decorate a Method subclass")
         if not dataclasses.is_dataclass(cls.Options):
             raise TypeError(f"{cls.__qualname__}.Options must be a dataclass")
+        _check_option_types(name, cls)
         valid = {f.name for f in fields(cls.Options)}
         for dataset, overrides in cls.dataset_defaults.items():
             bad = sorted(set(overrides) - valid)
@@ -98,6 +106,33 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
         return cls
 
     return deco
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+OPTION_TYPES = (bool, int, float, str)
+
+
+def _check_option_types(name: str, cls: type[Method]) -> None:
+    """Options are what ``--set`` can write and a record can store: bool, int, float or str, optionally None."""
+    where = f"method '{name}' ({getattr(sys.modules.get(cls.__module__), '__file__', cls.__module__)})"
+    try:
+        hints = typing.get_type_hints(cls.Options)
+    except Exception as e:  # noqa: BLE001 - an annotation that does not resolve
+        raise UeobenchError(f"{where}: its options' type annotations do not resolve ({e})") from None
+    for f in fields(cls.Options):
+        typ = hints.get(f.name, f.type)
+        args = [a for a in typing.get_args(typ) if a is not type(None)] if typing.get_origin(typ) in (
+            typing.Union, types.UnionType) else [typ]
+        optional = len(args) < len(typing.get_args(typ)) if typing.get_origin(typ) else False
+        if len(args) != 1 or args[0] not in OPTION_TYPES:
+            raise UeobenchError(f"{where}: option '{f.name}' has type {typ}; options are bool, int, float or str "
+                                f"(or one of them | None)")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise UeobenchError(f"{where}: option '{f.name}' has no default; every option needs one")
+        ok = (default is None and optional) or (type(default) is args[0]) or (args[0] is float and type(default) is int)
+        if not ok:
+            raise UeobenchError(f"{where}: option '{f.name}' defaults to {default!r}, not a {args[0].__name__}")
 
 
 def get_method(name: str) -> type[Method]:

@@ -11,7 +11,7 @@ from typing import Any
 
 _WHERE = {
     "encode_images": "clip_ops", "encode_texts": "clip_ops", "encode_local": "clip_ops", "prompt_texts": "clip_ops",
-    "class_display_name": "clip_ops", "Backbone": "backbones", "load_backbone": "backbones",
+    "class_display_name": "clip_ops", "check_prompt_lengths": "clip_ops", "Backbone": "backbones", "load_backbone": "backbones",
     "norm_parameters": "norms", "batchnorms": "norms", "TextTower": "text_tower",
 }
 __all__ = sorted(_WHERE)

@@ -13,6 +13,7 @@ reference implementation uses, builds QuickGELU. A local checkpoint uses the arc
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import torch
 from ..core.errors import UeobenchError
 from ..core.hashing import file_sha256
 from ..core.registry import suggest
+from .checkpoints import load_into, read_state_dict
 from .configs import builtin_architectures
 
 SCHEMES = ("hf-hub:", "local-dir:")
@@ -53,15 +55,15 @@ def builtin_weights(arch: str, folder: Path | None = None) -> Path:
     if not path.is_file() or not digest_file.is_file():
         have = sorted(p.stem for p in folder.glob("*.safetensors"))
         raise UeobenchError(f"no built-in weights for '{arch}' (built-in: {', '.join(have) or 'none'})")
+    from ..core.content import content_hashes
+
     expected = digest_file.read_text().split()[0]
-    if weights_checksum(path) != expected:
+    if content_hashes().sha256(path) != expected:
         raise UeobenchError(
             f"built-in weights {path} are corrupt (SHA-256 does not match {digest_file.name}); reinstall ueobench "
             f"or retrain them with 'ueobench pretrain shapes'"
         )
     return path
-
-
 
 
 @dataclass(frozen=True)
@@ -145,15 +147,49 @@ def activation(spec: str | BackboneSpec) -> str:
 
 @dataclass(frozen=True)
 class ResolvedBackbone:
-    """What planning needs of a backbone: its parsed name and the activation it is built with (no weights)."""
+    """What planning needs of a backbone: its parsed name, the activation it is built with, and the identity of
+    its weights (no model is built)."""
 
     spec: BackboneSpec
     activation: str
+    weights: str
+
+
+def _looks_like_path(weights: str) -> bool:
+    return os.sep in weights or weights.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+def weights_identity(s: BackboneSpec) -> str:
+    """What the weights are, as part of a run's identity: the SHA-256 of a local checkpoint's bytes (built-in
+    weights included, so retrained built-ins are never mixed with the shipped ones), every file of a
+    ``local-dir:`` folder, or the name of weights that come from a hub (an open_clip tag, ``hf-hub:``)."""
+    from ..core.content import content_hashes
+
+    hashes = content_hashes()
+    if s.weights is None:
+        if s.arch.startswith("local-dir:"):
+            folder = Path(s.arch[len("local-dir:"):]).expanduser()
+            files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+            if not files:
+                raise UeobenchError(f"backbone folder {folder} holds no files; pass local-dir:/path/to/model_folder")
+            return "sha256:" + hashlib.sha256("".join(f"{p.relative_to(folder)} {hashes.sha256(p)}\n"
+                                                      for p in files).encode()).hexdigest()
+        return s.arch  # hf-hub:ORG/REPO: named, not downloaded while planning
+    if s.weights == "random":
+        return "random"
+    if s.weights == "builtin":
+        return "sha256:" + hashes.sha256(builtin_weights(s.arch))
+    if _looks_like_path(s.weights):
+        path = Path(s.weights).expanduser()
+        if not path.is_file():
+            raise UeobenchError(f"checkpoint {s.weights} not found; pass an existing file as {s.arch}:/path/to/weights")
+        return "sha256:" + hashes.sha256(path)
+    return f"tag:{s.weights}"
 
 
 def resolve_backbone(text: str) -> ResolvedBackbone:
     spec = parse_spec(text)
-    return ResolvedBackbone(spec, activation(spec))
+    return ResolvedBackbone(spec, activation(spec), weights_identity(spec))
 
 
 def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") -> Backbone:
@@ -173,7 +209,7 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
             pretrained = str(builtin_weights(s.arch))
         elif s.weights != "random":
             pretrained = s.weights
-            looks_like_path = os.sep in s.weights or s.weights.endswith((".pt", ".pth", ".bin", ".safetensors"))
+            looks_like_path = _looks_like_path(s.weights)
             if looks_like_path and not Path(s.weights).expanduser().is_file():
                 raise UeobenchError(f"checkpoint {s.weights} not found; pass an existing file as {s.arch}:/path/to/weights")
             if looks_like_path:
@@ -183,22 +219,18 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
                 raise UeobenchError(f"unknown weights '{s.weights}' for {s.arch}{suggest(s.weights, tags)}")
             else:  # a pretrained tag: build the activation its weights were trained with
                 force_quick_gelu = tag_uses_quick_gelu(s.arch, s.weights)
-    clipn_state = _clipn_state(pretrained) if pretrained and s.weights != "builtin" and os.path.isfile(pretrained) else None
+    local = pretrained is not None and (s.weights == "builtin" or os.path.isfile(pretrained))
+    state = read_state_dict(pretrained) if local else None  # ours to read: never unpickled, checked
+    clipn_state = _clipn_parts(state, pretrained) if state is not None else None
     log = logging.getLogger()
     level = log.level
     try:
-        if s.is_random:  # asked for by name; open_clip's "initialized randomly" warning adds nothing
+        if s.is_random or local:  # open_clip's "initialized randomly" warning is wrong or adds nothing here
             log.setLevel(logging.ERROR)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            s.arch, pretrained=None if clipn_state else pretrained, device=device, weights_only=True,
+            s.arch, pretrained=None if local else pretrained, device=device, weights_only=True,
             force_quick_gelu=force_quick_gelu
         )
-        no_text = None
-        if clipn_state:
-            from .clipn_checkpoint import NoTextEncoder
-
-            model.load_state_dict(clipn_state[0], strict=True)
-            no_text = NoTextEncoder(model, clipn_state[1]).to(device).eval()
     except Exception as e:  # noqa: BLE001 - open_clip raises RuntimeError, OSError, HF errors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UeobenchError(
@@ -207,6 +239,14 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
         ) from None
     finally:
         log.setLevel(level)
+    no_text = None
+    if state is not None:
+        load_into(model, clipn_state[0] if clipn_state else state, f"checkpoint {pretrained}")
+        model.to(device)
+    if clipn_state:
+        from .clipn_checkpoint import NoTextEncoder
+
+        no_text = NoTextEncoder(model, clipn_state[1], f"checkpoint {pretrained}").to(device).eval()
     model.eval()
     tokenizer = open_clip.get_tokenizer(s.arch)
     pp = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
@@ -216,6 +256,7 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
         "backbone": s.name,
         "arch": s.arch,
         "weights": s.weights,
+        "weights_identity": weights_identity(s),
         "random_weights": s.is_random,
         "quick_gelu": _uses_quick_gelu(model),
         "activation": "quick_gelu" if _uses_quick_gelu(model) else "gelu",
@@ -232,20 +273,14 @@ def load_backbone(spec: str | BackboneSpec, device: str | torch.device = "cpu") 
                     no_text)
 
 
-def _clipn_state(path: str) -> tuple[dict, dict] | None:
+def _clipn_parts(state: dict, path: str) -> tuple[dict, dict] | None:
     """The (CLIP, "no" encoder) parts of a checkpoint in CLIPN's layout, or None for any other checkpoint."""
-    from .clipn_checkpoint import is_clipn, read_state_dict, split_state
+    from .clipn_checkpoint import is_clipn, split_state
 
-    try:  # not ours to judge a damaged file: open_clip reports unreadable checkpoints in its own words
-        if path.endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(path, framework="pt") as f:
-                if "prompt_no" not in f.keys():
-                    return None
-        state = read_state_dict(path)
-    except Exception:  # noqa: BLE001
-        return None
+    if any(k.startswith("transformer_no.") for k in state) and "prompt_no" not in state:
+        raise UeobenchError(f"checkpoint {path} is CLIPN's hand-crafted-prompt release (a 'no' text encoder without "
+                            f"learnable 'no' prompts, prompt_no); ueobench reads the learnable-prompt release of "
+                            f"xmed-lab/CLIPN (src/), whose checkpoints hold prompt_no")
     return split_state(state) if is_clipn(state) else None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.text import printable
+
 
 def class_display_name(name: str) -> str:
     """``alarm_clock`` -> ``alarm clock``, as the reference code writes class names into prompts."""
@@ -14,9 +16,27 @@ def prompt_texts(template: str, class_names: list[str]) -> list[str]:
     return [template.format(class_display_name(c)) for c in class_names]
 
 
+def check_prompt_lengths(tokenizer, texts: list[str], what: str = "prompt") -> None:
+    """Refuse texts longer than the text tower's context: the tokenizer would cut them silently (a class name
+    lost from its own prompt)."""
+    context = getattr(tokenizer, "context_length", None)
+    encode = getattr(tokenizer, "encode", None)
+    if context is None or encode is None:
+        return
+    for text in texts:
+        n = len(encode(text)) + 2  # start and end of text
+        if n > context:
+            from ..core.errors import UeobenchError
+
+            raise UeobenchError(f"the {what} {printable(text[:80])!r}{'...' if len(text) > 80 else ''} is {n} tokens; "
+                                f"the text tower takes at most {context} (start and end tokens included): shorten "
+                                f"the template (or the context, n_ctx)")
+
+
 @torch.no_grad()
 def encode_texts(backbone, texts: list[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised text embeddings, [len(texts), D], fp32."""
+    check_prompt_lengths(backbone.tokenizer, texts)
     dev = backbone.device
     out = []
     for i in range(0, len(texts), batch_size):

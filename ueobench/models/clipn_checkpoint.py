@@ -19,26 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoints import read_state_dict  # noqa: F401 (the official layout is read as any checkpoint)
+
 NO_PREFIXES = ("token_embedding_no", "positional_embedding_no", "transformer_no.", "ln_final_no.",
                "text_projection_no", "prompt_no")
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file (safetensors or torch), unwrapped from ``state_dict`` and ``module.``."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
 
 
 def is_clipn(state: dict[str, Any]) -> bool:
@@ -63,8 +47,18 @@ def split_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
 class NoTextEncoder(nn.Module):
     """CLIPN's "no" text encoder, built with the same structure as the model's own text tower."""
 
-    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]):
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint"):
         super().__init__()
+        from ..core.errors import UeobenchError
+        from .checkpoints import check_tensors
+
+        width = model.token_embedding.weight.shape[1]
+        ctx = model.positional_embedding.shape[0]
+        prompt = state["prompt_no"]
+        if prompt.ndim != 3 or tuple(prompt.shape[1:]) != (ctx, width):
+            raise UeobenchError(f"{where}: prompt_no has shape {list(prompt.shape)}; CLIPN's 'no' prompts are "
+                                f"[prompts, {ctx}, {width}] for this architecture (context length, width)")
+        check_tensors(state, where)
         self.token_embedding = copy.deepcopy(model.token_embedding)
         self.positional_embedding = nn.Parameter(torch.empty_like(model.positional_embedding))
         self.transformer = copy.deepcopy(model.transformer)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import UeobenchError
 from ..data import worlds as shapes
 
 STYLE_WORDS = {"real": ["photo", "picture"], "clipart": ["clipart", "cartoon"], "painting": ["painting"],
@@ -61,7 +62,8 @@ def recipe(world: str) -> PretrainConfig:
     return replace(RECIPES[world])
 
 
-def default_output(world: str = "shapes") -> Path:
+def installed_output(world: str = "shapes") -> Path:
+    """The installed built-in weights of a world (written only with ``pretrain --install``)."""
     from importlib import resources
 
     return Path(str(resources.files("ueobench.weights"))) / f"{RECIPES[world].arch}.safetensors"
@@ -183,6 +185,9 @@ def pretrain(cfg: PretrainConfig, out: Path, log: Callable[[str], None] = print)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise UeobenchError(f"pretraining diverged at step {step} (loss {losses[-1]}); nothing was written "
+                                f"after step {step - step % 500}")
         if step % 100 == 0:
             log(f"step {step}/{cfg.steps}  loss {np.mean(losses[-100:]):.3f}  {time.time() - start:.0f}s")
         if step % 500 == 0:

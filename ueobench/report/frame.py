@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import UeobenchError
 from ..core.registry import suggest
 from ..scoring.metrics import METRICS, evaluate
-from ..scoring.scores import score_needs
+from ..scoring.scores import DEFAULT_RULE, score_needs
 from ..store.provenance import code_status
 from ..store.records import iter_records, load_predictions
 
@@ -31,11 +32,22 @@ def values(rows: list[dict[str, Any]], key: str) -> list[str]:
     return sorted({str(r[key]) for r in rows})
 
 
+@dataclass
+class Frame:
+    """The long frame: ``rows`` (one per run and split); ``other_code`` (identity rows of the runs left out as
+    made by other code, so each table can count its own); ``unreadable`` (paths of records or predictions that
+    could not be read)."""
+
+    rows: list[dict[str, Any]]
+    other_code: list[dict[str, Any]]
+    unreadable: list[str]
+
+
 def records_frame(results: str | Path, score: str | None = None, rule: str | None = None,
-                  code: str = "current", selected: Any = None) -> tuple[list[dict[str, Any]], int, int]:
-    """One row per (run, split) with identity columns and metrics (percent), optionally recomputed, and the
-    number of runs left out because they were made by other code than the installed one (``code="current"``)
-    and because their record or saved predictions could not be read.
+                  code: str = "current", selected: Any = None) -> Frame:
+    """One row per (run, split) with identity columns and metrics (percent), optionally recomputed, beside the
+    runs left out because they were made by other code than the installed one (``code="current"``) and because
+    their record or saved predictions could not be read.
 
     Row labels come from the records themselves (``method.label``), never from the plugins loaded now. With
     ``code="all"``, runs of other code keep their own rows, marked with their code fingerprint.
@@ -46,24 +58,31 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
     ``selected(row) -> bool`` names the rows a table will show: only those are recomputed (a recomputation
     reads the predictions and may cluster them); the others keep their stored metrics."""
     rows: list[dict[str, Any]] = []
-    left_out = 0
+    other_code: list[dict[str, Any]] = []
     unreadable: list[str] = []
-    chosen: dict[tuple, tuple[int, int, Any, str]] = {}
+    chosen: dict[tuple, tuple[tuple, int, Any, str]] = {}
     for order, rec in enumerate(iter_records(results, unreadable)):
         label = rec.label
-        if code_status(rec.code) == "changed":
+        status = code_status(rec.code)
+        if status != "current":  # "unknown" (a file it ran is nowhere to be found) is not current either
             if code == "current":
-                left_out += 1
+                other_code.extend({"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain,
+                                   "backbone": rec.backbone, "method": rec.label, "method_name": rec.method,
+                                   "split": split, "run_id": rec.run_id} for split in rec.metrics)
                 continue
-            label = f"{label} [code {rec.code_fingerprint[-8:] if rec.code_fingerprint else 'v1'}]"
+            short = rec.code_fingerprint[-8:] if rec.code_fingerprint else "v1"
+            label = f"{label} [code {short}{', source not found' if status == 'unknown' else ''}]"
         config = {k: v for k, v in (rec.raw.get("config") or {}).items() if k not in ("score", "rule")}
         key = (json.dumps(config, sort_keys=True, default=str), label, rec.oracle)
-        rank = 0 if rec.score == (score or "mcm") else 1 if rec.score == "mcm" else 2
-        if key not in chosen or (rank, order) < chosen[key][:2]:
+        # the run made with the asked score and rule stands for its twins, else the one made with the defaults
+        rank = (0 if rec.score == (score or "mcm") else 1 if rec.score == "mcm" else 2,
+                0 if rec.rule == (rule or DEFAULT_RULE) else 1 if rec.rule == DEFAULT_RULE else 2)
+        if key not in chosen or (rank, order) < (chosen[key][0], chosen[key][1]):
             chosen[key] = (rank, order, rec, label)
     for _, _, rec, label in sorted(chosen.values(), key=lambda c: c[1]):
-        recompute = (score and score != rec.score) or (rule and rule != rec.rule)
+        recompute = bool((score and score != rec.score) or (rule and rule != rec.rule))
         needs = score_needs(score or rec.score) if recompute else ()
+        preds: dict[str, Any] = {}
         if recompute:
             try:
                 preds = load_predictions(rec.path)
@@ -71,18 +90,21 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 missing = [k for sp in rec.metrics for k in (f"{sp}_logits", f"{sp}_labels") if k not in preds]
                 if missing:
                     raise KeyError(", ".join(missing))
-            except (OSError, ValueError, KeyError, EOFError, TypeError) as e:
-                warnings.warn(f"skipping {rec.path}: its saved predictions cannot be read ({e}); rerun it with "
-                              f"--force to recompute scores", stacklevel=2)
-                unreadable.append(str(rec.path))
+            except Exception as e:  # noqa: BLE001 - a damaged file of one run never stops a table
+                _leave_out(rec, f"its saved predictions cannot be read ({type(e).__name__}: {e})", unreadable)
                 continue
             lacking = [k for sp in rec.metrics for k in needs if f"{sp}_{k}" not in preds]
         else:
             lacking = []
+        config = rec.raw.get("config") or {}
+        part = []
         for split, m in sorted(rec.metrics.items()):
             row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
                    "seed": rec.seed, "method_name": rec.method, "method": label, "split": split,
-                   "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking)}
+                   "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking),
+                   "score": score or rec.score, "rule": rule or rec.rule, "recomputed": recompute,
+                   "options": json.dumps(rec.options, sort_keys=True, default=str),
+                   **{k: str(config.get(k)) for k in VARIANT_FIELDS}}
             if lacking:  # never fall back to another score: build_tables refuses these rows if they are selected
                 m = {}
             elif recompute and (selected is None or selected(row)):
@@ -90,11 +112,23 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                     extras = {k: preds[f"{split}_{k}"] for k in needs}
                     m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec.num_known,
                                  logit_scale=scale, score=score or rec.score, rule=rule or rec.rule, extras=extras)
-                except ValueError as e:
-                    raise UeobenchError(f"{rec.path}: saved predictions do not match the record ({e}); rerun it "
-                                        f"with --force") from None
+                except Exception as e:  # noqa: BLE001 - wrong shapes, a record without known classes, ...
+                    _leave_out(rec, f"its saved predictions do not match the record ({type(e).__name__}: {e})",
+                               unreadable)
+                    part = []
+                    break
             for k in METRICS:
                 v = m.get(k)
                 row[k] = None if v is None or not math.isfinite(v) else 100.0 * v
-            rows.append(row)
-    return rows, left_out, len(unreadable)
+            part.append(row)
+        rows.extend(part)
+    return Frame(rows, other_code, unreadable)
+
+
+#: plan fields that are neither an axis nor a seed; a cell never holds runs that differ in one of them
+VARIANT_FIELDS = ("weights", "activation", "precision", "eval_batch_size", "protocol_checksum", "data_checksum")
+
+
+def _leave_out(rec: Any, why: str, unreadable: list[str]) -> None:
+    warnings.warn(f"leaving out {rec.path}: {why}; rerun it with --force to recompute it", stacklevel=3)
+    unreadable.append(str(rec.path))

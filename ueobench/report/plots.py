@@ -4,9 +4,9 @@
   folder (sorted), so the same method looks the same in every figure and panel made from that folder.
 - **No overlaps.** Legends sit outside the axes; scatter points are identified by the legend, not by labels
   placed on the data.
-- **Honest axes.** Values are in %, axes are zoomed to the data (a 4-point gap stays visible), missing cells are
-  drawn as missing (an "n/a" mark, never a zero bar), and error bars show the spread over seeds where there are
-  several. Titles name dataset, protocol, split and backbone.
+- **Honest axes.** Values are in %; bars start at zero (their lengths compare); scatter axes are zoomed to the
+  data (a 4-point gap stays visible); missing cells are drawn as missing (an "n/a" mark, never a zero bar), and
+  error bars show the spread over seeds where there are several. Titles name dataset, protocol, split and backbone.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UeobenchError
+from ..core.text import printable
 from ..scoring.metrics import METRICS
 from ..store.records import iter_records
 from .requests import PlotRequest, TableRequest
@@ -35,7 +36,8 @@ def _figure():
 
     plt.rcParams.update({"svg.hashsalt": "ueobench", "font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7,
                          "legend.fontsize": 6, "xtick.labelsize": 6, "ytick.labelsize": 6,
-                         "pdf.fonttype": 42})  # deterministic SVG ids; TrueType in PDFs (editable text)
+                         "pdf.fonttype": 42,  # deterministic SVG ids; TrueType in PDFs (editable text)
+                         "text.parse_math": False, "text.usetex": False})  # a name with $...$ is text, not math
     return plt
 
 
@@ -69,7 +71,7 @@ def _title(t: Table, protocol: str | None = None) -> str:
     m = t.meta
     first = [f"{k} {', '.join(v)}" for k, v in (("", m.get("dataset")), ("protocol", [protocol] if protocol else m.get("shift"))) if v]
     second = [f"{', '.join(m['backbone'])}" if m.get("backbone") else "", f"{m['split']} split"]
-    return "\n".join([", ".join(x.strip() for x in first), ", ".join(x for x in second if x)])
+    return printable(", ".join(x.strip() for x in first)) + "\n" + printable(", ".join(x for x in second if x))
 
 
 def _zoom(values: list[float], errors: list[float] | None = None, floor: float = 0.0, ceil: float = 100.0):
@@ -123,7 +125,7 @@ def scatter(out: str | Path, results: str | Path = "results", split: str = "test
                 continue
             colour, marker = _style(styles, r)
             h = ax.errorbar(a.mean, u.mean, xerr=a.std or 0, yerr=u.std or 0, fmt=marker, color=colour, ms=4,
-                            capsize=2, mfc="none" if r in t.oracle_rows else colour, label=r)
+                            capsize=2, mfc="none" if r in t.oracle_rows else colour, label=printable(r))
             seen.setdefault(r, h)
             xs.append(a.mean)
             ys.append(u.mean)
@@ -136,7 +138,7 @@ def scatter(out: str | Path, results: str | Path = "results", split: str = "test
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
-    _legend_below(fig, list(seen.values()), list(seen))
+    _legend_below(fig, list(seen.values()), [printable(x) for x in seen])
     return _save(fig, out)
 
 
@@ -161,7 +163,7 @@ def bars(out: str | Path, metric: str = "acc", results: str | Path = "results", 
             errs = [c.std if c is not None and c.std is not None else np.nan for c in cells]
             colour, _ = _style(styles, r)
             pos = x + (i - (len(t.rows) - 1) / 2) * width
-            h = ax.bar(pos, means, width, yerr=errs, color=colour, label=r, capsize=2,
+            h = ax.bar(pos, means, width, yerr=errs, color=colour, label=printable(r), capsize=2,
                        hatch="//" if r in t.oracle_rows else None, edgecolor="white", linewidth=0.3)
             seen.setdefault(r, h)
             allv += means
@@ -170,14 +172,14 @@ def bars(out: str | Path, metric: str = "acc", results: str | Path = "results", 
                 if np.isnan(m):  # missing is missing, never a zero bar
                     ax.annotate("n/a", (p, 0), xycoords=("data", "axes fraction"), xytext=(0, 2),
                                 textcoords="offset points", ha="center", fontsize=5, rotation=90, color="0.4")
-        lo, hi = _zoom(allv, alle)
-        ax.set_ylim(lo, hi)
-        ax.set_xticks(x, t.cols)
+        _, hi = _zoom(allv, alle)
+        ax.set_ylim(0, hi)  # bars start at zero: their lengths compare honestly
+        ax.set_xticks(x, [printable(c) for c in t.cols])
         ax.set_ylabel(f"{metric} (%)")
         ax.set_title(_title(t))
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _legend_below(fig, list(seen.values()), list(seen))
+    _legend_below(fig, list(seen.values()), [printable(x) for x in seen])
     return _save(fig, out)
 
 
@@ -202,19 +204,26 @@ def curves(out: str | Path, run: str, results: str | Path = "results") -> Path:
     ax1.set_ylabel("training loss")
     points = [(h["epoch"], h["metrics"]) for h in hist if "metrics" in h]
     points.append((max(h["epoch"] for h in hist), rec.metrics))
-    for split in ("test", "target"):
+    for split, marker, fill in (("test", "o", True), ("target", "s", False)):  # split told by marker, not line only
         for m, colour in (("acc", "tab:blue"), ("auroc", "tab:orange"), ("hscore", "tab:green")):
             ys = [(p[1].get(split) or {}).get(m) for p in points]
             if any(y is not None for y in ys):
-                ax2.plot([p[0] for p in points], [100 * y if y is not None else np.nan for y in ys], marker=".",
-                         color=colour, label=f"{m} ({split})", linestyle="-" if split == "test" else "--")
+                ax2.plot([p[0] for p in points], [100 * y if y is not None else np.nan for y in ys], marker=marker,
+                         ms=4, mfc=colour if fill else "none", color=colour, label=f"{m} ({split})",
+                         linestyle="-" if split == "test" else "--")
+    epochs = sorted({h["epoch"] for h in hist} | {p[0] for p in points})
     for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 12:  # few epochs: a tick at each, never several labels on one
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:
+            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
         ax.grid(alpha=0.3)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("%")
     ax2.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    fig.suptitle(f"{rec.label}: dataset {rec.dataset}, protocol {rec.shift}, domain {rec.domain}, "
-                 f"backbone {rec.backbone}, seed {rec.seed}")
+    fig.suptitle(printable(f"{rec.label}: dataset {rec.dataset}, protocol {rec.shift}, domain {rec.domain}, "
+                           f"backbone {rec.backbone}, seed {rec.seed}"))
     fig.tight_layout()
     return _save(fig, out)

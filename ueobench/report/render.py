@@ -8,10 +8,12 @@ import csv
 import html
 import io
 import json
+import re
 from typing import Any
 
 from ..core.errors import UeobenchError
 from ..core.registry import suggest
+from ..core.text import printable
 from .frame import AXES, AXIS_ALIASES
 from .tables import Cell, Table
 
@@ -32,12 +34,15 @@ def cell_text(cell: Cell | None, latex: bool = False) -> str:
         text += f" {pm} {_num(cell.std)}"
     if cell.short:
         text += dagger
+    if cell.partial:
+        text += "$^\\ddagger$" if latex else "‡"
     if cell.reference is not None:
         text += f" (rep. {_num(cell.reference)}, {delta} {cell.mean - cell.reference:+.1f})"
     return text
 
 
-def caption(t: Table) -> str:
+def caption(t: Table, second: str = "underlined") -> str:
+    """What a table holds and how to read it; ``second``: how its format marks the second-best cell."""
     m = t.meta
     fixed = ", ".join(f"{AXIS_ALIASES.get(k, k) if k != 'shift' else 'protocol'} {v[0]}" for k, v in m.items()
                       if k in AXES and isinstance(v, list) and len(v) == 1)
@@ -47,18 +52,29 @@ def caption(t: Table) -> str:
     if m["averaged_over"]:
         parts.append("averaged over " + ", ".join("protocols" if a == "shift" else a + "s" for a in m["averaged_over"]))
     spread = "standard error" if m.get("error") == "se" else "std"
-    parts.append(f"mean ± {spread} over seeds; – = undefined or incomplete")
+    if any(c.n > 1 for c in t.cells.values()):
+        parts.append(f"mean ± {spread} over seeds where a cell has several; – = undefined or incomplete")
+    else:
+        parts.append("one seed per cell; – = undefined or incomplete")
     if m["seeds_expected"]:
         parts.append(f"† fewer than {m['seeds_expected']} seeds")
-    if m["score"] or m["rule"]:
-        parts.append("recomputed with " + ", ".join(x for x in (m["score"] and f"score {m['score']}", m["rule"] and f"rule {m['rule']}") if x))
+    if any(c.partial for c in t.cells.values()):
+        parts.append("‡ averaged over fewer domains than the dataset has")
+    variant = m.get("variant", {})
+    said = [f"{k} {variant[k]}" for k in ("score", "rule") if k in variant]  # what AUROC and H-score mean here
+    said += [f"{k.replace('_', ' ')} {variant[k]}" for k in ("precision", "eval_batch_size") if k in m.get("group", {})]
+    if m.get("recomputed"):
+        parts.append(f"recomputed with {', '.join(said)} from the saved predictions by the installed scoring code")
+    elif said:
+        parts.append(", ".join(said))
     if m.get("ranked", True):
         who = "rows" if m["rows"] == "method" else "columns"
-        parts.append("best method in bold, second underlined" +
+        parts.append(f"best method in bold, second {second}" +
                      (f"; oracle {who} (target labels) unranked" if t.oracle_rows else ""))
     if m.get("unreadable_left_out"):
         n = m["unreadable_left_out"]
-        parts.append(f"{n} unreadable run{'s' if n != 1 else ''} left out (named in the warnings; rerun to redo)")
+        parts.append(f"{n} unreadable run{'s' if n != 1 else ''} left out (of the whole results folder; named in "
+                     f"the warnings; rerun to redo)")
     if m.get("other_code_left_out"):
         n = m["other_code_left_out"]
         parts.append(f"{n} run{'s' if n != 1 else ''} made by other code left out (--code all shows them)")
@@ -66,17 +82,29 @@ def caption(t: Table) -> str:
 
 
 def _joined(t: Table, r: str, c: str, wrap) -> str:
+    if t.meta.get("metric_columns"):  # --cols metric: the column is the metric
+        return wrap(t.cells.get((r, c, c)))
     return " / ".join(wrap(t.cells.get((r, c, m))) for m in t.metrics)
 
 
 def _one_line(s: str) -> str:
-    return " ".join(str(s).split())
+    """One line of visible text: runs of spaces collapsed, control and bidirectional characters escaped."""
+    return printable(" ".join(str(s).split()))
+
+
+# characters that start markup wherever they stand, and patterns that start it in context: a word-boundary
+# underscore (an underscore between letters never opens emphasis), a link or image "](", and autolinks
+_MD_ALWAYS = re.compile(r"([\\`*~|])")
+_MD_CONTEXT = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|\]\(|://|www\.", re.I)
 
 
 def _md(s: str) -> str:
     """Markdown text, never markup: one line (a newline would split a row), HTML escaped (GitHub renders raw
-    HTML inside tables), pipes escaped (they would break the column count)."""
-    return html.escape(_one_line(s), quote=False).replace("|", "\\|")
+    HTML inside tables), and everything that could start markup escaped with a backslash: emphasis, code,
+    strikethrough, pipes (they would break the column count), links and images, autolinks."""
+    text = _MD_ALWAYS.sub(r"\\\1", html.escape(_one_line(s), quote=False))
+    return _MD_CONTEXT.sub(lambda m: {"](": "]\\(", "://": ":\\/\\/"}.get(m.group(0), None)
+                           or ("www\\." if m.group(0).lower() == "www." else "\\_"), text)
 
 
 def _marked(cell: Cell | None, text: str, best: str, second: str) -> str:
@@ -91,13 +119,13 @@ def _header(t: Table) -> list[str]:
 
 def render_markdown(t: Table) -> str:
     def wrap(cell: Cell | None) -> str:
-        return _marked(cell, cell_text(cell), "**{}**", "<u>{}</u>")
+        return _marked(cell, cell_text(cell), "**{}**", "*{}*")
 
     head = _header(t)
     lines = ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "|".join([":---"] + ["---:"] * len(t.cols)) + "|"]
     for r in t.rows:
         lines.append("| " + " | ".join([_md(r), *(_joined(t, r, c, wrap) for c in t.cols)]) + " |")
-    out = _md(caption(t)) + "\n\n" + "\n".join(lines) + "\n"
+    out = _md(caption(t, "in italics")) + "\n\n" + "\n".join(lines) + "\n"
     if t.citations:
         out += "\nReported numbers: " + _md("; ".join(t.citations)) + "\n"
     return out
@@ -118,7 +146,11 @@ def render_latex(t: Table) -> str:
 
     head = _header(t)
     lines = [
-        "% " + _tex(caption(t)),
+        "% needs \\usepackage{booktabs}",
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\caption{" + _tex(caption(t)) + "}",
+        "\\label{" + latex_label(t) + "}",
         "\\begin{tabular}{l" + "r" * len(t.cols) + "}",
         "\\toprule",
         " & ".join(_tex(h) for h in head) + " \\\\",
@@ -126,8 +158,18 @@ def render_latex(t: Table) -> str:
     ]
     for r in t.rows:
         lines.append(" & ".join([_tex(r), *(_joined(t, r, c, wrap) for c in t.cols)]) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+def latex_label(t: Table) -> str:
+    """``tab:ueobench-<what the table holds>``: stable, ASCII, unique among the tables of one document."""
+    m = t.meta
+    held = [str(v[0]) for k, v in m.items() if k in AXES and isinstance(v, list) and len(v) == 1]
+    held += [str(v) for v in m.get("group", {}).values()]
+    held += [str(m["rows"]), str(m["cols"]), *t.metrics]
+    slug = re.sub(r"[^a-z0-9]+", "-", "-".join(held).lower()).strip("-")
+    return f"tab:ueobench-{slug}"[:120]
 
 
 def _records(t: Table) -> list[dict[str, Any]]:
@@ -138,9 +180,11 @@ def _records(t: Table) -> list[dict[str, Any]]:
                 cell = t.cells.get((r, c, m))
                 if cell is None:
                     continue
-                out.append({t.meta["rows"]: r, t.meta["cols"]: c, "metric": m, "mean": _round(cell.mean),
+                where = {t.meta["rows"]: r} if t.meta.get("metric_columns") else {t.meta["rows"]: r, t.meta["cols"]: c}
+                out.append({**where, "metric": m, "mean": _round(cell.mean),
                             "std": _round(cell.std), "seeds": cell.n, "rank": cell.rank,
-                            "oracle": r in t.oracle_rows, "reported": _round(cell.reference)})
+                            "oracle": r in t.oracle_rows, "reported": _round(cell.reference),
+                            "partial": cell.partial})
     return out
 
 
@@ -151,7 +195,7 @@ def _round(v: float | None) -> float | None:
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _csv(v: Any) -> Any:
+def csv_cell(v: Any) -> Any:
     """A text cell that a spreadsheet would run as a formula (=HYPERLINK(...)) is quoted with a leading '."""
     if isinstance(v, str):
         v = _one_line(v)
@@ -160,7 +204,7 @@ def _csv(v: Any) -> Any:
 
 
 def render_csv(t: Table) -> str:
-    rows = [{k: _csv(v) for k, v in r.items()} for r in _records(t)]
+    rows = [{k: csv_cell(v) for k, v in r.items()} for r in _records(t)]
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -180,7 +224,9 @@ def render_html(t: Table) -> str:
     def wrap(cell: Cell | None) -> str:
         return _marked(cell, html.escape(cell_text(cell)), "<b>{}</b>", "<u>{}</u>")
 
-    e = html.escape
+    def e(text: str) -> str:
+        return html.escape(printable(text))
+
     head = _header(t)
     body = []
     for r in t.rows:
@@ -218,7 +264,7 @@ def render_many(tables: list[Table], fmt: str = "md") -> str:
     if fmt not in RENDERERS:
         raise UeobenchError(f"unknown format '{fmt}'{suggest(fmt, list(RENDERERS))}")
     if fmt == "csv":
-        rows = [{**{k: _csv(v) for k, v in t.meta["group"].items()}, **{k: _csv(v) for k, v in r.items()}}
+        rows = [{**{k: csv_cell(v) for k, v in t.meta["group"].items()}, **{k: csv_cell(v) for k, v in r.items()}}
                 for t in tables for r in _records(t)]
         fields = list(dict.fromkeys(k for r in rows for k in r))
         buf = io.StringIO()

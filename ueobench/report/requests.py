@@ -37,11 +37,16 @@ class TableRequest:
     fmt: str = "md"
     code: str = "current"
     error: str = "std"
+    data_version: str | None = None  # keep runs whose data checksum starts with this (comma-separated prefixes)
 
     def __post_init__(self) -> None:
         if isinstance(self.metrics, str):
             self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
         self.filters = _check_filters(dict(self.filters))
+        if self.rule is not None:
+            from ..scoring.scores import canonical_rule
+
+            self.rule = canonical_rule(self.rule)
         if self.code not in CODE_CHOICES:
             raise UeobenchError(f"unknown --code '{self.code}'; use current or all")
         if self.error not in ERRORS:

@@ -8,6 +8,7 @@ Tables come from records alone, never from loaded plugins.
 from __future__ import annotations
 
 import fnmatch
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ class Cell:
     expected: int | None = None
     rank: int | None = None  # 1 best, 2 second best within its column
     reference: float | None = None
+    partial: bool = False  # averaged over fewer domains than its dataset has
 
     @property
     def short(self) -> bool:
@@ -50,7 +52,8 @@ class Table:
     citations: list[str] = field(default_factory=list)
 
 
-def _filter(rows: list[dict[str, Any]], filters: dict[str, str | None]) -> list[dict[str, Any]]:
+def _filter(rows: list[dict[str, Any]], filters: dict[str, str | None], strict: bool = True) -> list[dict[str, Any]]:
+    """Rows matching every filter's globs; ``strict``: an error (naming what there is) when none match."""
     for col, pattern in filters.items():
         if not pattern:
             continue
@@ -62,62 +65,162 @@ def _filter(rows: list[dict[str, Any]], filters: dict[str, str | None]) -> list[
 
         # a method's name also selects all of its variants
         kept = [r for r in rows if matches(r[col]) or (col == "method" and matches(r["method_name"]))]
-        if not kept:
+        if not kept and strict:
             present = values(rows, col)
             raise UeobenchError(f"no records match {col} '{pattern}'" + (f" (have: {', '.join(present)})" if present else ""))
         rows = kept
     return rows
 
 
+METRIC_AXIS = "metric"
+
+
+def _metrics_as_columns(t: Table) -> Table:
+    """The table of one constant column, reshaped so that each metric is a column (ranked within itself)."""
+    cells = {(r, m, m): t.cells[(r, "", m)] for r in t.rows for m in t.metrics if (r, "", m) in t.cells}
+    t.meta["cols"] = METRIC_AXIS
+    t.meta["metric_columns"] = True
+    return Table(t.rows, list(t.metrics), t.metrics, cells, t.meta, t.oracle_rows, t.citations)
+
+
+#: metrics whose value depends on the OOD score, and those that depend on the rejection rule
+SCORE_METRICS = frozenset({"auroc", "fpr95", "aupr_in", "aupr_out"})
+RULE_METRICS = frozenset({"hscore", "os_star", "unknown_recall"})
+
+
 def build_tables(req: TableRequest) -> list[Table]:
     """One table per group of records that differ in an axis that is neither shown nor averaged (dataset,
-    protocol, backbone, and method when it is not an axis): a results folder holding several datasets, shifts
-    and backbones renders as several tables, never an error. Domains that are not shown are averaged."""
+    protocol, backbone, and method when it is not an axis), or in a setting no axis shows (the score or rule of
+    the shown metrics, precision, evaluation batch): a results folder holding several of them renders as several
+    tables, never an error. Domains that are not shown are averaged. A cell holds only runs that differ by seed."""
     metrics = req.metrics or ["acc"]
     for m in metrics:
         if m not in METRICS:
             raise UeobenchError(f"unknown metric '{m}'{suggest(m, list(METRICS))}")
-    rows, cols = axis(req.rows), axis(req.cols)
+    if len(set(metrics)) != len(metrics):
+        dup = sorted({m for m in metrics if metrics.count(m) > 1})
+        raise UeobenchError(f"--metric names {', '.join(dup)} twice; give each metric once")
+    if req.rows == "metric":
+        raise UeobenchError("metrics can be columns (--cols metric), not rows; pick --rows method, dataset, "
+                            "protocol, domain or backbone")
+    by_metric = req.cols == "metric"  # one column per metric instead of "a / b" cells
+    rows, cols = axis(req.rows), (METRIC_AXIS if by_metric else axis(req.cols))
     if rows == cols:
         raise UeobenchError("--rows and --cols must differ")
     split, filters, score, results = req.split, req.filters, req.score, req.results
 
     def selected(row: dict[str, Any]) -> bool:
         try:
-            return row["split"] == split and bool(_filter([row], filters))
+            return row["split"] == split and bool(_filter([row], filters)) and _version_ok(row, req.data_version)
         except UeobenchError:
             return False
 
-    df, left_out, unreadable = records_frame(results, score, req.rule, req.code, selected)
+    frame = records_frame(results, score, req.rule, req.code, selected)
+    df = frame.rows
     if not df:
-        if left_out:
-            raise UeobenchError(f"all {left_out} finished runs under {Path(results) / 'runs'} were made by other code "
+        if frame.other_code:
+            n = len({r["run_id"] for r in frame.other_code})
+            raise UeobenchError(f"all {n} finished runs under {Path(results) / 'runs'} were made by other code "
                                 f"than the installed one; rerun them, or show them with --code all")
         raise UeobenchError(f"no finished runs under {Path(results) / 'runs'}; start one with ueobench run")
     df = _filter([r for r in df if r["split"] == split], filters)
     if not df:
         raise UeobenchError(f"no records for split '{split}'")
+    df = [r for r in df if _version_ok(r, req.data_version)]
+    if not df:
+        raise UeobenchError(f"no selected runs were made on data version '{req.data_version}'")
     without = sorted({r["run_id"] for r in df if r["lacks_evidence"]})
     if without:
         raise UeobenchError(
             f"--score {score} needs evidence that {len(without)} selected run(s) did not save (e.g. {without[0]}): "
             f"{how_to_save(score)}; rerun them so, or leave them out with --method, --backbone, --protocol or --domain")
+    df = _disambiguate(df)
+    if by_metric:
+        df = [{**r, METRIC_AXIS: ""} for r in df]
     df = [{**r, "method": r["method"] + ORACLE_SUFFIX} if r["oracle"] else r for r in df]
     hidden = [a for a in AXES if a not in (rows, cols)]
-    group_axes = [a for a in hidden if a != "domain" and len(values(df, a)) > 1]
+    variants = [v for v in _variant_axes(metrics) if len(values(df, v)) > 1]
+    group_axes = [a for a in hidden if a != "domain" and len(values(df, a)) > 1] + variants
+    left = [r for r in frame.other_code if r["split"] == split]
+    left = _filter(left, filters, strict=False)
     tables = []
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in df:
         groups.setdefault(tuple(str(r[a]) for a in group_axes), []).append(r)
     for key, part in sorted(groups.items()):
         t = _one_table(part, metrics, rows, cols, hidden, req)
+        if by_metric:
+            t = _metrics_as_columns(t)
         t.meta["group"] = {AXIS_ALIASES_OUT.get(a, a): str(v) for a, v in zip(group_axes, key)}
-        t.meta["other_code_left_out"] = left_out
-        t.meta["unreadable_left_out"] = unreadable
+        t.meta["variant"] = {v: str(part[0][v]) for v in _variant_axes(metrics)}
+        group_of = {a: v for a, v in zip(group_axes, key) if a in AXES}
+        t.meta["other_code_left_out"] = len({r["run_id"] for r in left
+                                             if all(str(r[a]) == v for a, v in group_of.items())})
+        t.meta["unreadable_left_out"] = len(frame.unreadable)
+        t.meta["recomputed"] = any(r["recomputed"] for r in part)
         if req.reference:
             attach_reference(t, part, req.reference)
         tables.append(t)
     return tables
+
+
+def _variant_axes(metrics: list[str]) -> list[str]:
+    """Settings no axis shows that change the numbers of these metrics: each value gets a table of its own."""
+    out = ["precision", "eval_batch_size"]
+    if SCORE_METRICS & set(metrics):
+        out.insert(0, "score")
+    if RULE_METRICS & set(metrics):
+        out.insert(1 if "score" in out else 0, "rule")
+    return out
+
+
+def _version_ok(row: dict[str, Any], version: str | None) -> bool:
+    if not version:
+        return True
+    return any(row["data_checksum"].removeprefix("sha256:").startswith(v.strip().removeprefix("sha256:"))
+               for v in version.split(",") if v.strip())
+
+
+def _short(checksum: str) -> str:
+    return str(checksum).removeprefix("sha256:")[:8]
+
+
+def _disambiguate(df: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Make every shown name mean one configuration. A method label that stands for several option sets (a
+    plugin that changed a default, say) gets the options that differ; a backbone name with several weights or
+    activations gets their short identity; a dataset name with several versions of its protocol file gets the
+    file's checksum. Data of one domain in several versions (images replaced, another copy) is refused: no
+    name can show which domain a cell averages."""
+    out = [dict(r) for r in df]
+
+    def split_name(col: str, fields: tuple[str, ...], fmt) -> None:
+        by: dict[str, set[tuple]] = {}
+        for r in out:
+            by.setdefault(r[col], set()).add(tuple(r[f] for f in fields))
+        for r in out:
+            if len(by[r[col]]) > 1:
+                r[col] = fmt(r, by[r[col]])
+
+    def option_label(r: dict[str, Any], variants: set[tuple]) -> str:
+        opts = [json.loads(v[0]) for v in variants]
+        keys = sorted({k for o in opts for k in o if len({json.dumps(x.get(k), sort_keys=True) for x in opts}) > 1})
+        mine = json.loads(r["options"])
+        return f"{r['method']} [{', '.join(f'{k}={mine.get(k)}' for k in keys)}]"
+
+    split_name("method", ("options",), option_label)
+    split_name("backbone", ("weights", "activation"), lambda r, v: f"{r['backbone']} [weights {_short(r['weights'])}"
+               + (f", {r['activation']}" if len({x[1] for x in v}) > 1 else "") + "]")
+    split_name("dataset", ("protocol_checksum",), lambda r, v: f"{r['dataset']} [protocol {_short(r['protocol_checksum'])}]")
+    versions: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for r in out:
+        versions.setdefault((r["dataset"], r["domain"]), {}).setdefault(r["data_checksum"], []).append(r["run_id"])
+    for (dataset, domain), by in sorted(versions.items()):
+        if len(by) > 1:
+            listed = "; ".join(f"{_short(v)} ({len(set(ids))} runs, e.g. {sorted(ids)[0]})" for v, ids in sorted(by.items()))
+            raise UeobenchError(f"the runs of {dataset}/{domain} were made on {len(by)} versions of its images "
+                                f"({listed}); a cell never averages different data: pick one with --data-version "
+                                f"PREFIX, or move the runs of the other version out of the results folder")
+    return out
 
 
 def build_table(req: TableRequest) -> Table:
@@ -148,8 +251,12 @@ def _one_table(df: list[dict[str, Any]], metrics: list[str], rows: str, cols: st
     oracle_rows = {r for r in row_labels if r.endswith(ORACLE_SUFFIX)} if rows == "method" else set()
     oracle_cols = {c for c in col_labels if c.endswith(ORACLE_SUFFIX)} if cols == "method" else set()
     per_cell: dict[tuple[str, str, str], list[float]] = {}
+    partial: set[tuple[str, str]] = set()
+    domains_of = _dataset_domains(df)
     for (r, c, _seed), group in sorted(by_seed.items(), key=lambda kv: str(kv[0])):
         complete = {tuple(str(x[a]) for a in averaged) for x in group} >= expected[c]
+        if "domain" in averaged and _fewer_domains(group, domains_of):
+            partial.add((r, c))
         for m in metrics:
             vals = [x[m] for x in group if x[m] is not None]
             if complete and vals and len(vals) == len(group):
@@ -157,14 +264,19 @@ def _one_table(df: list[dict[str, Any]], metrics: list[str], rows: str, cols: st
             else:
                 per_cell.setdefault((r, c, m), [])
     cells: dict[tuple[str, str, str], Cell] = {k: _cell(np.array(v, dtype=float), seeds, error) for k, v in per_cell.items()}
+    for (r, c, m), cell in cells.items():
+        cell.partial = (r, c) in partial and cell.mean is not None
     if average and len(col_labels) > 1 and cols != "method":
         for r in row_labels:
+            shown = [x for x in df if str(x[rows]) == r]
+            fewer = cols == "domain" and _fewer_domains(shown, domains_of)
             for m in metrics:
                 parts = [cells.get((r, c, m)) for c in col_labels]
                 ok = all(p is not None and p.mean is not None for p in parts)
                 vals = np.array([p.mean for p in parts], dtype=float) if ok else np.array([])
                 n = min((p.n for p in parts if p is not None), default=0) if ok else 0
-                cells[(r, "avg", m)] = Cell(float(vals.mean()) if ok else None, None, n, seeds)
+                cells[(r, "avg", m)] = Cell(float(vals.mean()) if ok else None, None, n, seeds,
+                                            partial=ok and (fewer or any(p.partial for p in parts if p is not None)))
         col_labels = [*col_labels, "avg"]
     if rows == "method":
         _rank(cells, row_labels, col_labels, metrics, exclude=set() if rank_oracle else oracle_rows, along="rows")
@@ -174,6 +286,27 @@ def _one_table(df: list[dict[str, Any]], metrics: list[str], rows: str, cols: st
             "seeds_expected": seeds, "score": score, "rule": rule, "error": error, "ranked": "method" in (rows, cols),
             **{a: values(df, a) for a in hidden if len(values(df, a)) == 1}}
     return Table(row_labels, col_labels, metrics, cells, meta, oracle_rows | oracle_cols)
+
+
+def _dataset_domains(df: list[dict[str, Any]]) -> dict[str, int]:
+    """How many domains each dataset's protocol file has (datasets whose file cannot be read are not judged)."""
+    from ..data.protocols import load_protocol
+
+    out = {}
+    for name in {str(r["dataset"]) for r in df}:
+        try:
+            out[name] = len(load_protocol(name.split(" [")[0]).domains)
+        except UeobenchError:
+            pass
+    return out
+
+
+def _fewer_domains(group: list[dict[str, Any]], domains_of: dict[str, int]) -> bool:
+    """True when these runs cover fewer domains of a dataset than its protocol has (an average that claims all)."""
+    seen: dict[str, set[str]] = {}
+    for x in group:
+        seen.setdefault(str(x["dataset"]), set()).add(str(x["domain"]))
+    return any(name in domains_of and len(d) < domains_of[name] for name, d in seen.items())
 
 
 def _cell(vals: np.ndarray, expected: int | None, error: str = "std") -> Cell:

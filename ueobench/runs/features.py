@@ -5,8 +5,8 @@ methods and the evaluation of prompt-only methods all need the same thing: the e
 domain's images under an image tower that has not changed. They are cached per *domain list* (not per shift),
 so the five shifts of one domain share one pass over its images.
 
-The key is content-based: a SHA-256 of the visual tower's weights, the image references with their sizes and
-modification times, the transform, the batch size and the device type. An entry whose stored key differs is
+The key is content-based: a SHA-256 of the visual tower's weights, of the images' bytes (in order; never their
+paths, sizes or times), the transform, the batch size and the device type. An entry whose stored key differs is
 never reused. A lock makes concurrent processes wait for the one computing an entry instead of repeating it.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,12 +24,13 @@ import torch
 from filelock import FileLock
 
 from ..core.errors import UeobenchError
+from ..core.content import content_hashes
 from ..core.hashing import canonical_json
 from ..core.paths import cache_root
 from ..data.loader import ImageDataset
 from ..models.clip_ops import encode_images, encode_local
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 
 def feature_cache_dir() -> Path:
@@ -45,14 +47,17 @@ def visual_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _refs_digest(refs: Sequence[str | int], location: str) -> str:
-    h = hashlib.sha256(location.encode())
+def _content_digest(refs: Sequence[str | int], content: dict[str | int, str]) -> str:
+    """SHA-256 over the images' contents, in order (never their paths, sizes or times)."""
+    h = hashlib.sha256()
+    hashes = None
     for r in refs:
-        h.update(str(r).encode())
-        if isinstance(r, str) and os.path.isfile(r):
-            st = os.stat(r)
-            h.update(f":{st.st_size}:{st.st_mtime_ns}".encode())
-        h.update(b"\n")
+        key = content.get(r)
+        if key is None:  # an image the data fingerprint did not cover
+            if hashes is None:
+                hashes = content_hashes()
+            key = content[r] = "sha256:" + hashes.sha256(r) if isinstance(r, str) else f"ref:{r}"
+        h.update(f"{key}\n".encode())
     return h.hexdigest()
 
 
@@ -60,9 +65,10 @@ class FeatureStore:
     """Image features of one domain's lists for one backbone and transform; ``stats`` counts the work."""
 
     def __init__(self, backbone: Any, opener: Callable, transform: Any, batch_size: int, device: torch.device,
-                 location: str, cache_dir: Path | None, progress: Any = None):
+                 content: dict[str | int, str], cache_dir: Path | None, progress: Any = None):
+        """``content``: each image's content key (``DomainData.content``, filled when the data was fingerprinted)."""
         self.backbone, self.opener, self.transform = backbone, opener, transform
-        self.batch_size, self.device, self.location = batch_size, device, location
+        self.batch_size, self.device, self.content = batch_size, device, content
         self.cache_dir, self.progress = cache_dir, progress
         self._digest: str | None = None
         self._memory: dict[str, np.ndarray] = {}
@@ -71,7 +77,7 @@ class FeatureStore:
     def _key(self, refs: Sequence[str | int], kind: str = "global") -> dict[str, Any]:
         if self._digest is None:
             self._digest = visual_digest(self.backbone.model)
-        key = {"version": FEATURE_VERSION, "visual": self._digest, "images": _refs_digest(refs, self.location),
+        key = {"version": FEATURE_VERSION, "visual": self._digest, "images": _content_digest(refs, self.content),
                "n": len(refs), "transform": repr(self.transform), "batch_size": self.batch_size,
                "device": self.device.type}
         if kind != "global":
@@ -88,22 +94,28 @@ class FeatureStore:
         if kid in self._memory:
             self.stats["images_reused"] += len(refs)
             return self._memory[kid]
-        if self.cache_dir is None:
-            feats = self._compute(refs, kind)
-        else:
+        feats = None
+        if self.cache_dir is not None:
+            if self.cache_dir.exists() and not self.cache_dir.is_dir():
+                raise UeobenchError(f"feature cache {self.cache_dir} is a file, not a folder; set "
+                                    f"UEOBENCH_FEATURE_CACHE or UEOBENCH_CACHE to a folder, or pass --no-cache")
+            path = self.cache_dir / f"{kid}.npz"
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UeobenchError(f"feature cache {self.cache_dir} is not a usable folder ({e.strerror}); set "
-                                    f"UEOBENCH_FEATURE_CACHE or UEOBENCH_CACHE to a folder, or pass --no-cache") from None
-            path = self.cache_dir / f"{kid}.npz"
-            with FileLock(str(path) + ".lock"):
-                feats = self._load(path, key)
-                if feats is None:
-                    feats = self._compute(refs, kind)
-                    self._store(path, key, feats)
-                else:
-                    self.stats["images_reused"] += len(refs)
+                with FileLock(str(path) + ".lock"):
+                    feats = self._load(path, key)
+                    if feats is None:
+                        feats = self._compute(refs, kind)
+                        self._store(path, key, feats)
+                    else:
+                        self.stats["images_reused"] += len(refs)
+            except OSError as e:  # read-only or full: the cache only saves time, so the run goes on without it
+                warnings.warn(f"feature cache {self.cache_dir} cannot be used ({e.strerror or e}); computing the "
+                              f"features without it", stacklevel=2)
+                self.cache_dir = None
+                self.stats["cache_unusable"] = str(e.strerror or e)
+        if feats is None:
+            feats = self._compute(refs, kind)
         self._memory[kid] = feats
         return feats
 
@@ -120,9 +132,13 @@ class FeatureStore:
 
     def _store(self, path: Path, key: dict[str, Any], feats: np.ndarray) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, features=feats, key=np.array(canonical_json(key)))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, features=feats, key=np.array(canonical_json(key)))
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written entry behind
+            raise
 
     @torch.no_grad()
     def _compute(self, refs: Sequence[str | int], kind: str = "global") -> np.ndarray:

@@ -5,6 +5,7 @@ What goes in is described field by field in ``ueobench.store.records``; readers 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,21 @@ from ..store.records import SCHEMA_VERSION
 from .env import environment, peak_memory_mb
 from .plan import PlannedRun
 from .session import Session
+
+
+def json_safe(obj: Any) -> Any:
+    """What a method reports, storable as JSON: NaN and infinities become null, tuples lists, other objects text."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy and torch scalars
+        return json_safe(obj.item())
+    return str(obj)
 
 
 def record_document(planned: PlannedRun, session: Session, history: list[Any], metrics: dict[str, Any],
@@ -40,9 +56,9 @@ def record_document(planned: PlannedRun, session: Session, history: list[Any], m
             "oracle": method.is_oracle(),
             "adaptation": method.adaptation,
             "selection": "last epoch (no label-based selection)",
-            "info": method.info(),
+            "info": json_safe(method.info()),
         },
-        "history": history,
+        "history": json_safe(history),
         "protocol": {
             "dataset": proto.name,
             "shift": s.shift,

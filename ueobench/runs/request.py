@@ -14,8 +14,9 @@ from ..core.hashing import canonical_json
 from ..scoring.scores import DEFAULT_RULE
 
 #: Bumped whenever the meaning of a plan changes, so ids of older plans never collide with newer ones
-#: (2: activation, method code, score and rule entered the identity; precision stays as requested).
-PLAN_VERSION = 2
+#: (2: activation, method code, score and rule entered the identity; precision stays as requested;
+#: 3: the weights' content, data by content only, code as the whole import closure).
+PLAN_VERSION = 3
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -23,8 +24,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 class RunRequest:
     """Everything ``ueobench run`` accepts. ``options`` are the method's ``--set key=value`` overrides.
 
-    ``device``, ``workers``, ``results``, ``cache`` and ``force`` say how and where to execute, not what: they
-    never enter the run's identity."""
+    ``device``, ``loader_workers``, ``data_root``, ``results``, ``cache`` and ``force`` say how and where to
+    execute, not what: they never enter the run's identity."""
 
     method: str = "zeroshot"
     protocol: str = "opda"
@@ -40,7 +41,7 @@ class RunRequest:
     score: str = "mcm"
     rule: str = DEFAULT_RULE
     force: bool = False
-    workers: int | None = None
+    loader_workers: int | None = None  # data-loader processes (None: this machine's default)
     cache: bool = True  # share frozen image features through the on-disk cache (results are identical)
     precision: str = "auto"  # autocast dtype of the forward pass: fp32 on CPU, bf16 (or fp16) on CUDA
 
@@ -54,6 +55,7 @@ class RunPlan:
     domain: str
     backbone: str
     activation: str
+    weights: str  # sha256 of the checkpoint's bytes, or the name of hub weights (tag:openai, hf-hub:...)
     method: str
     options: dict[str, Any]
     method_code: str

@@ -89,7 +89,7 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
     sd: ShiftData = planned.shift_data
     backbone = load_backbone(planned.spec, device)
     device_settings = configure_device(device, backbone.model)
-    workers = req.workers if req.workers is not None else default_workers(device)
+    workers = req.loader_workers if req.loader_workers is not None else default_workers(device)
     pin = device.type == "cuda"
     seed = planned.plan.seed
 
@@ -102,7 +102,7 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
 
     method = planned.method_cls(planned.options)
     store = FeatureStore(backbone, sd.domain.opener, backbone.preprocess, planned.plan.eval_batch_size, device,
-                         sd.domain.location, feature_cache_dir() if req.cache else None,
+                         sd.domain.content, feature_cache_dir() if req.cache else None,
                          None if isinstance(progress, NullProgress) else progress)
 
     def target_labels() -> np.ndarray:

@@ -57,7 +57,9 @@ def fpr_at_95_tpr(is_known: np.ndarray, scores: np.ndarray) -> float | None:
 
     if is_known.all() or not is_known.any():
         return None
-    fpr, tpr, _ = roc_curve(is_known.astype(int), scores)
+    # every threshold kept: by default roc_curve drops collinear points, and with tied scores the first point
+    # reaching 95% can then be a later (lower) threshold, accepting more unknowns than the rule says
+    fpr, tpr, _ = roc_curve(is_known.astype(int), scores, drop_intermediate=False)
     return float(fpr[np.searchsorted(tpr, 0.95, side="left")])
 
 

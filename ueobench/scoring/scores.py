@@ -171,6 +171,16 @@ def check_rule(rule: str) -> None:
     accept_known(np.zeros((1, 2)), 1.0, rule)
 
 
+def canonical_rule(rule: str) -> str:
+    """One spelling per rule, so that ``nent:.5``, ``nent:0.50`` and ``nent:0.5 `` are one run: the threshold is
+    written as Python writes the float (``nent:0.5``). Raises for a malformed rule."""
+    rule = str(rule).strip()
+    check_rule(rule)
+    if rule.startswith("nent:"):
+        return f"nent:{float(rule[5:])!r}"
+    return rule
+
+
 def check_request(score: str, rule: str, method: str, method_extras: tuple[str, ...]) -> None:
     """Refuse, before anything is loaded, a score whose evidence the method does not give (local features are
     checked against the backbone when the run starts) and a malformed rule."""
@@ -178,7 +188,7 @@ def check_request(score: str, rule: str, method: str, method_extras: tuple[str, 
         if kind != "local_mcm" and kind not in method_extras:
             raise UeobenchError(f"score '{score}' needs {kind}, which method '{method}' does not give "
                                 f"({how_to_save(score)})")
-    check_rule(rule)
+    canonical_rule(rule)
 
 
 def accept_known(cos: np.ndarray, logit_scale: float, rule: str = DEFAULT_RULE) -> np.ndarray:

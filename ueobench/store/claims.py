@@ -14,6 +14,8 @@ from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 
+from ..core.errors import UeobenchError
+
 from .layout import claim_path, failure_path
 from .records import RunRecord, check_writable, find_record
 
@@ -21,8 +23,17 @@ STATES = ("done", "running", "failed", "pending")
 __all__ = ["STATES", "Timeout", "claim_or_reuse", "grid_status", "is_running", "state"]
 
 
+def _safe_claim(results: str | Path, name: str) -> Path:
+    """The claim file of a run; a link there is refused (locking opens the file for writing: it would write to
+    whatever the link points at)."""
+    path = claim_path(results, name)
+    if path.is_symlink():
+        raise UeobenchError(f"claim {path} is a symbolic link; ueobench never writes through one: remove it")
+    return path
+
+
 def is_running(results: str | Path, name: str) -> bool:
-    lock_path = claim_path(results, name)
+    lock_path = _safe_claim(results, name)
     if not lock_path.exists():
         return False
     lock = FileLock(str(lock_path), timeout=0)
@@ -69,8 +80,10 @@ def claim_or_reuse(results: str | Path, name: str, force: bool = False, wait: bo
     if before_claim is not None:
         before_claim()
     check_writable(results)
-    lock_file = claim_path(results, name)
+    lock_file = _safe_claim(results, name)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
+    if lock_file.parent.is_symlink():
+        raise UeobenchError(f"claims folder {lock_file.parent} is a symbolic link; remove it")
     with FileLock(str(lock_file), timeout=-1 if wait else 0):
         existing = None if force else find_record(results, name)
         yield existing

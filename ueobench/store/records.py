@@ -168,6 +168,15 @@ def record_failure(results: str | Path, name: str, exc: BaseException, request: 
     return path
 
 
+def failure_reason(results: str | Path, name: str) -> str:
+    """The first line of a failed run's error, for status and logs."""
+    try:
+        err = json.loads(failure_path(results, name).read_text(encoding="utf-8"))["error"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "see its failure record"
+    return str(err).strip().splitlines()[0][:300] if str(err).strip() else "see its failure record"
+
+
 def check_writable(results: str | Path) -> None:
     """Fail before any compute when the results folder cannot take a record (read-only, or nearly full)."""
     d = runs_dir(results)
@@ -189,6 +198,15 @@ def write_run(results: str | Path, name: str, record: dict[str, Any], arrays: di
     """Write predictions and record into a temp folder, rename it into place atomically, clear the run's failure
     record, and return the record as readers will see it. An existing run is replaced with ``force``, or when
     it is damaged (unreadable: it counts as not done)."""
+    try:
+        return _write_run(results, name, record, arrays, force)
+    except OSError as e:  # the disk filled up or went read-only after the run started: nothing half-written
+        raise UeobenchError(f"cannot write run {name} into {runs_dir(results)} ({e.strerror or e}); free space "
+                            f"and rerun, or pass --results DIR") from None
+
+
+def _write_run(results: str | Path, name: str, record: dict[str, Any], arrays: dict[str, np.ndarray],
+               force: bool) -> RunRecord:
     root = runs_dir(results)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name

@@ -22,22 +22,38 @@ from ..store.records import record_failure
 from .spec import SweepSpec
 
 
-def job_names(jobs: list[RunRequest], planner=None) -> list[str]:
-    """The run id of every job, planned with one shared planner (each image list is read once)."""
+def plan_jobs(jobs: list[RunRequest], planner=None) -> list:
+    """The plan of every job, with one shared planner (each image list is read once)."""
     from ..runs.plan import Planner
 
     planner = planner or Planner()
-    return [planner.plan(j).run_id for j in jobs]
+    return [planner.plan(j) for j in jobs]
+
+
+def job_names(jobs: list[RunRequest], planner=None) -> list[str]:
+    """The run id of every job."""
+    return [p.run_id for p in plan_jobs(jobs, planner)]
+
+
+def unique_jobs(jobs: list[RunRequest], plans: list) -> tuple[list[RunRequest], list]:
+    """One job per run id: spellings of one value (``0.1,0.10,1e-1``, ``clipart,Clipart``) are one run."""
+    seen: set[str] = set()
+    keep = []
+    for i, p in enumerate(plans):
+        if p.run_id not in seen:
+            seen.add(p.run_id)
+            keep.append(i)
+    return [jobs[i] for i in keep], [plans[i] for i in keep]
 
 
 def run_job(req: RunRequest, name: str | None = None, retry_failed: bool = False, force: bool = False,
-            planner=None) -> str:
+            planner=None, progress=None) -> str:
     """Claim and run one job under its planned id ``name``; returns what happened: done, skipped,
     running-elsewhere, failed, failed-before."""
     from ..runs.plan import Planner
     from ..runs.runner import execute_planned
 
-    planner = planner or Planner()
+    planner = planner or Planner(progress)
     req = dataclasses.replace(req, force=force)
     results = req.results
 
@@ -68,7 +84,7 @@ def run_job(req: RunRequest, name: str | None = None, retry_failed: bool = False
         record_failure(results, name, err, asdict(req))
         return "failed"
     try:
-        result = execute_planned(planned, wait=False)  # records its own failures once the run has started
+        result = execute_planned(planned, progress, wait=False)  # records its own failures once it has started
     except Timeout:
         return "running-elsewhere"
     except Exception as e:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
@@ -91,8 +107,19 @@ def save_sweep(spec: SweepSpec, jobs: list[RunRequest], names: list[str]) -> Pat
 
 
 def load_sweep(path: str | Path) -> tuple[SweepSpec, list[RunRequest], list[str]]:
-    doc = json.loads(Path(path).read_text())
-    return SweepSpec(**doc["spec"]), [RunRequest(**j) for j in doc["jobs"]], doc["names"]
+    """A saved sweep; a damaged or foreign file is one ``UeobenchError`` naming it."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+        spec = SweepSpec(**doc["spec"])
+        jobs = [RunRequest(**j) for j in doc["jobs"]]
+        names = doc["names"]
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) == len(jobs)):
+            raise ValueError("names do not match the jobs")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise UeobenchError(f"{path}: not a readable saved sweep ({type(e).__name__}: {str(e)[:200]}); remove it, "
+                            f"or plan the sweep again with its ueobench sweep command") from None
+    return spec, jobs, names
 
 
 def saved_sweeps(results: str | Path) -> Iterator[Path]:

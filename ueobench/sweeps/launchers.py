@@ -7,7 +7,6 @@ hosts sharing a filesystem, can work through the same grid.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -19,8 +18,8 @@ from typing import Any, Callable
 from ..core.errors import UeobenchError
 from ..runs.request import RunRequest
 from ..store.claims import state
-from ..store.layout import failure_path, submitit_dir
-from ..store.records import find_record
+from ..store.layout import failure_path, run_dir, submitit_dir
+from ..store.records import failure_reason, find_record
 from .jobs import run_job
 from .spec import SweepRequest
 
@@ -32,6 +31,7 @@ class Launched:
     outcome: dict[str, int] = field(default_factory=dict)
     workers_failed: int = 0
     submitted: bool = False
+    gpus: int = 0  # per SLURM task
 
 
 def _finished_line(results: str | Path, name: str, what: str, i: int, n: int) -> str:
@@ -43,12 +43,7 @@ def _finished_line(results: str | Path, name: str, what: str, i: int, n: int) ->
         parts = [f"{k} {100 * m[k]:.1f}" for k in ("acc", "auroc", "hscore") if m.get(k) is not None]
         return head + ("  test " + " ".join(parts) if parts else "")
     if what == "failed":
-        path = failure_path(results, name)
-        try:
-            err = json.loads(path.read_text())["error"]
-        except (OSError, ValueError, KeyError):
-            err = "see the failure record"
-        return f"{head}  {err.splitlines()[0][:200]} ({path})"
+        return f"{head}  {failure_reason(results, name)} ({failure_path(results, name)})"
     return head
 
 
@@ -88,13 +83,20 @@ def _sweep_label(label: str, settled: int) -> str:
 
 def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names: list[str], results: str,
                 progress=None, echo=None) -> list[int]:
-    """N worker processes over one plan; on GPUs each is pinned to one device via CUDA_VISIBLE_DEVICES."""
+    """N worker processes over one plan (never more than there are runs to do); on GPUs each is pinned to one
+    device via CUDA_VISIBLE_DEVICES. The workers end with the sweep: SIGTERM, SIGINT and SIGHUP are passed on
+    to them, and interrupted runs are simply not done (the next sweep redoes them)."""
+    import signal
+
     import torch
 
-    gpus = torch.cuda.device_count()
+    started = time.time()
     before = {} if force else {x: state(results, x) for x in names}  # to tell skipped runs from new ones
     settled = {"done": "skipped", **({} if retry_failed else {"failed": "failed-before"})}
-    procs = []
+    todo = _to_run(names, before, retry_failed, force)
+    n = max(1, min(n, len(todo)))
+    gpus = torch.cuda.device_count()
+    procs: list[subprocess.Popen] = []
     for i in range(n):
         env = dict(os.environ)
         if gpus:
@@ -105,33 +107,78 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
         cmd = [sys.executable, "-m", "ueobench.sweeps.worker", str(plan_path)] + (["--retry-failed"] if retry_failed else []) + (
             ["--force"] if force else [])
         procs.append(subprocess.Popen(cmd, env=env))
-    todo = _to_run(names, before, retry_failed, force)
+
+    def stop(signum, frame):  # pass the signal on, then leave as the signal asks
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+        raise SweepInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     task = progress.add_task(_sweep_label(f"sweep ({n} workers)", len(names) - len(todo)), total=len(todo)) \
         if progress is not None else None
     reported: set[str] = set()
-    while True:
-        alive = any(p.poll() is None for p in procs)
-        for x in names:
-            st = state(results, x) if x not in reported else None
-            if st in ("done", "failed"):
-                reported.add(x)
-                if echo is not None:
-                    what = settled.get(before.get(x, ""), st)
-                    echo(_finished_line(results, x, what, len(reported), len(names)))
-        if task is not None:
-            progress.update(task, completed=len(reported & todo))
-        if not alive:
-            break
-        time.sleep(1.0)
+    try:
+        while True:
+            alive = any(p.poll() is None for p in procs)
+            for x in names:
+                st = state(results, x) if x not in reported else None
+                if st in ("done", "failed") and not (force and not _newer(results, x, st, started)):
+                    reported.add(x)
+                    if echo is not None:
+                        what = settled.get(before.get(x, ""), st)
+                        echo(_finished_line(results, x, what, len(reported), len(names)))
+            if task is not None:
+                progress.update(task, completed=len(reported & todo))
+            if not alive:
+                break
+            time.sleep(1.0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
     return [p.returncode for p in procs]
 
 
+class SweepInterrupted(Exception):
+    """The sweep got a signal; its workers were told to stop. Rerunning the same sweep resumes it."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _newer(results: str, name: str, st: str, since: float) -> bool:
+    """With --force, a run counts as finished only once this sweep has written it again."""
+    path = run_dir(results, name) if st == "done" else failure_path(results, name)
+    try:
+        return path.stat().st_mtime >= since
+    except OSError:
+        return False
+
+
 def _submitit_job(req_dict: dict[str, Any], name: str, retry_failed: bool, force: bool, plugins: list[str]) -> str:
+    """One array task: its log (the job's stderr) gets the plain progress lines and a last line saying what
+    happened; a failed run makes the task fail, so the scheduler reports it."""
+    from ..core.progress import make_progress
     from ..method.plugins import add_plugin_folder
 
     for folder in plugins:
         add_plugin_folder(folder)
-    return run_job(RunRequest(**req_dict), name, retry_failed, force)
+    req = RunRequest(**req_dict)
+    with make_progress() as progress:
+        progress.log(f"ueobench: run {name}")
+        what = run_job(req, name, retry_failed, force, progress=progress)
+        progress.log(_finished_line(req.results, name, what, 1, 1))
+    if what == "failed":
+        raise UeobenchError(f"run {name} failed: {failure_reason(req.results, name)}")
+    return what
 
 
 def run_submitit(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, cluster: str,
@@ -145,7 +192,7 @@ def run_submitit(jobs: list[RunRequest], names: list[str], retry_failed: bool, f
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     params: dict[str, Any] = {"timeout_min": slurm.get("time", 60)}
     if cluster == "slurm":
-        params.update(slurm_partition=slurm.get("partition"), gpus_per_node=slurm.get("gpus", 1),
+        params.update(slurm_partition=slurm.get("partition"), gpus_per_node=slurm.get("gpus"),
                       slurm_array_parallelism=slurm.get("array_parallelism", 64),
                       slurm_additional_parameters=slurm.get("sbatch", {}))
         params = {k: v for k, v in params.items() if v is not None}
@@ -155,7 +202,15 @@ def run_submitit(jobs: list[RunRequest], names: list[str], retry_failed: bool, f
         return []
     submitted = executor.map_array(_submitit_job, [asdict(j) for j, _ in todo], [n for _, n in todo],
                                    [retry_failed] * len(todo), [force] * len(todo), [list(plugins or [])] * len(todo))
-    return [r.result() for r in submitted] if cluster == "local" else [s.job_id for s in submitted]
+    if cluster != "local":
+        return [s.job_id for s in submitted]
+    outcomes = []
+    for job in submitted:
+        try:
+            outcomes.append(job.result())
+        except Exception:  # noqa: BLE001 - the task failed; its failure record says why
+            outcomes.append("failed")
+    return outcomes
 
 
 
@@ -169,9 +224,24 @@ def _local(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_pat
     return Launched(workers_failed=sum(c != 0 for c in codes))
 
 
+def slurm_gpus(req: SweepRequest) -> int:
+    """GPUs per task: as asked, else what the runs' --device needs (auto: 1 only if this machine sees a GPU)."""
+    if req.slurm.gpus is not None:
+        return req.slurm.gpus
+    device = req.spec.device
+    if device == "cpu":
+        return 0
+    if device.startswith("cuda"):
+        return 1
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
 def _slurm(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_path: Path, progress, echo) -> Launched:
-    ids = run_submitit(jobs, names, req.retry_failed, req.force, "slurm", asdict(req.slurm), req.spec.plugins)
-    return Launched({"submitted": len(ids)}, submitted=True)
+    options = {**asdict(req.slurm), "gpus": slurm_gpus(req)}
+    ids = run_submitit(jobs, names, req.retry_failed, req.force, "slurm", options, req.spec.plugins)
+    return Launched({"submitted": len(ids)}, submitted=True, gpus=options["gpus"])
 
 
 def _submitit_local(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_path: Path, progress,

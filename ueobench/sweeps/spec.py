@@ -19,7 +19,7 @@ def parse_list(value: str | None, all_values: list[str] | None = None, what: str
     """``a,b``, ``all`` (when the axis has a known set of values)."""
     if value is None:
         return []
-    items = [v.strip() for v in value.split(",") if v.strip()]
+    items = list(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
     if items == ["all"]:
         if all_values is None:
             raise UeobenchError(f"'all' is not available for {what}")
@@ -27,8 +27,14 @@ def parse_list(value: str | None, all_values: list[str] | None = None, what: str
     return items
 
 
+MAX_SEED = 2**32 - 1
+MAX_SEEDS = 1000
+
+
 def parse_seeds(value: str) -> list[int]:
-    """``0-2`` -> [0, 1, 2]; ``0,3,5``; or mixes of both."""
+    """``0-2`` -> [0, 1, 2]; ``0,3,5``; or mixes of both. Seeds are integers in [0, 2**32 - 1], at most
+    ``MAX_SEEDS`` of them (as ``run --seed``)."""
+    bad = f"bad --seed '{value}'; use seeds from 0 to {MAX_SEED} as a list or ranges such as 0-2 or 0,3,5"
     seeds: list[int] = []
     for part in value.split(","):
         part = part.strip()
@@ -38,11 +44,19 @@ def parse_seeds(value: str) -> list[int]:
                 lo, hi = int(a), int(b)
                 if hi < lo:
                     raise ValueError
-                seeds.extend(range(lo, hi + 1))
             elif part:
-                seeds.append(int(part))
+                lo = hi = int(part)
+            else:
+                continue
         except ValueError:
-            raise UeobenchError(f"bad --seed '{value}'; use a list or ranges such as 0-2 or 0,3,5") from None
+            raise UeobenchError(bad) from None
+        if lo < 0 or hi > MAX_SEED:
+            raise UeobenchError(bad)
+        if hi - lo + 1 + len(seeds) > MAX_SEEDS:
+            raise UeobenchError(f"--seed '{value}' names more than {MAX_SEEDS} seeds; split the sweep")
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise UeobenchError(bad)
     return list(dict.fromkeys(seeds))
 
 
@@ -64,6 +78,9 @@ class SweepSpec:
     score: str = "mcm"
     rule: str = DEFAULT_RULE
     plugins: list[str] = field(default_factory=list)  # --plugins folders, loaded again in every worker
+    precision: str = "auto"
+    cache: bool = True  # the shared image-feature cache (execution only)
+    loader_workers: int | None = None  # data-loader processes per run (execution only)
 
     def key(self) -> str:
         return hashlib.sha256(canonical_json(asdict(self)).encode()).hexdigest()[:12]
@@ -98,11 +115,11 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
                     method=method, protocol=shift, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
                     options=dict(zip(keys, values)), eval_batch_size=spec.eval_batch_size, device=spec.device,
                     data_root=spec.data_root, results=spec.results, score=spec.score, rule=spec.rule,
+                    precision=spec.precision, cache=spec.cache, loader_workers=spec.loader_workers,
                 ))
     if not jobs:
         raise UeobenchError("the sweep expands to no runs")
     return jobs
-
 
 
 
@@ -115,7 +132,7 @@ class SlurmOptions:
 
     partition: str | None = None
     time: int = 120  # minutes per job
-    gpus: int = 1
+    gpus: int | None = None  # None: what the runs' --device needs
     array_parallelism: int = 64
     sbatch: dict[str, str] = field(default_factory=dict)  # extra sbatch options
 
