@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from conftest import TINY, make_toy_tree, toy_protocol, write_image
-from ueobench.core.errors import UeobenchError
 
 RUN = ["run", "--method", "zeroshot", "--protocol", "oda", "--domain", "real", "--backbone", TINY]
 
