@@ -5,14 +5,17 @@
 The adaptation features (eval transform, the shared cache) are a mixture of one Gaussian per known class with a
 shared covariance and equal priors. EM starts from the zero-shot classifier: the first responsibilities are
 softmax(s·f·t) at CLIP's logit scale s (100 for OpenAI CLIP, the reference's constant). Each M-step takes the
-weighted means μ_k and the shared covariance Σ = (1/K)·Σ_k Σ_i γ_ik (x_i − μ_k)(x_i − μ_k)ᵀ / Σ_i γ_ik (the
-project page's unsupervised form), and turns it into a precision with the supervised code's shrinkage
-estimator, Σ⁻¹ = D·pinv((N − 1)·Σ + tr(Σ)·I); then W = Σ⁻¹μ_k and b_k = log(1/K) − ½·μ_kᵀΣ⁻¹μ_k. Each E-step
+weighted means μ_k and the shared covariance, by default as the released code computes it for the shrinkage
+estimator, the pooled covariance of the class-centred features Σ = Σ_k Σ_i γ_ik (x_i − μ_k)(x_i − μ_k)ᵀ / (N − 1)
+(``covariance=per_class``: the project page's words, (1/K)·Σ_k Σ_i γ_ik (x_i − μ_k)(x_i − μ_k)ᵀ / Σ_i γ_ik),
+and turns it into a precision with the released code's shrinkage estimator, Σ⁻¹ = D·pinv((N − 1)·Σ + tr(Σ)·I),
+which was written for the pooled form; then W = Σ⁻¹μ_k and b_k = log(1/K) − ½·μ_kᵀΣ⁻¹μ_k. Each E-step
 is the softmax of the ensemble logits s·f·t + α·(f·W + b). EM stops when no responsibility moves by more than
 ``tol`` or after ``max_iter`` steps.
 
 α cannot be chosen on labels here (the reference grid-searches {1e-4, ..., 100} on labelled validation data):
-the default is 0.1, the value the reference code starts its search from; set another with ``--set alpha=``.
+the default is 0.1, the fallback initial value of the reference's ``best_alpha`` (its grid itself starts at 1e-4);
+set another with ``--set alpha=``.
 
 ``background=true`` adds a (K+1)-th Gaussian, started from the mean of all features with the mean class text
 embedding as its text prototype, to absorb samples of unknown classes. It is an ablation of this harness, not
@@ -47,15 +50,23 @@ def gaussian_head(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.T
     return w, b
 
 
-def m_step(x: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted means [C, D] and the shared covariance (1/C)·Σ_c cov_c, each cov_c weighted by γ_·c.
+COVARIANCES = ("pooled", "per_class")
 
-    Σ_i γ_ic (x_i − μ_c)(x_i − μ_c)ᵀ / N_c = Σ_i (γ_ic / N_c) x_i x_iᵀ − μ_c μ_cᵀ, so the sum over classes needs a
-    single weighted Gram matrix instead of one per class."""
+
+def m_step(x: torch.Tensor, gamma: torch.Tensor, covariance: str = "pooled") -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted means [C, D] and the shared covariance.
+
+    ``pooled`` (the released code's estimator, ``torch.cov`` of the class-centred features): the scatter
+    Σ_c Σ_i γ_ic (x_i − μ_c)(x_i − μ_c)ᵀ over N − 1; since each row of γ sums to one it is XᵀX − Σ_c N_c μ_c μ_cᵀ.
+    ``per_class`` (the project page's M-step): (1/C)·Σ_c cov_c, each cov_c normalised by its own N_c;
+    Σ_i γ_ic (x_i − μ_c)(x_i − μ_c)ᵀ / N_c = Σ_i (γ_ic / N_c) x_i x_iᵀ − μ_c μ_cᵀ, one weighted Gram matrix."""
     nk = gamma.sum(0).clamp_min(torch.finfo(x.dtype).tiny)
     means = (gamma.T @ x) / nk[:, None]
-    weights = (gamma / nk).sum(1)
-    cov = ((x * weights[:, None]).T @ x - means.T @ means) / gamma.shape[1]
+    if covariance == "pooled":
+        cov = (x.T @ x - (means.T * nk) @ means) / (x.shape[0] - 1)
+    else:
+        weights = (gamma / nk).sum(1)
+        cov = ((x * weights[:, None]).T @ x - means.T @ means) / gamma.shape[1]
     return means, cov
 
 
@@ -66,9 +77,12 @@ class GDA(Method):
     @dataclass
     class Options(Options):
         alpha: float = option(0.1, "weight of the Gaussian discriminant in the logits (the reference picks it on "
-                                   "labelled data from 1e-4..100; 0.1 is where its search starts)", min=0)
+                                   "labelled data from 1e-4..100; 0.1 is its fallback initial value)", min=0)
         max_iter: int = option(100, "most EM iterations", min=0)
         tol: float = option(1e-5, "stop when no responsibility changes by more than this", min=0)
+        covariance: str = option("pooled", "shared covariance inside EM: pooled (the released code's, over N - 1) or "
+                                           "per_class (the project page's average of per-class covariances)",
+                                 choices=COVARIANCES)
         background: bool = option(False, "ablation, not in the paper: a (K+1)-th background Gaussian for unknowns")
         prompt: str | None = option(None, "prompt template with {} (default: the dataset's)", contains="{}")
 
@@ -103,7 +117,7 @@ class GDA(Method):
         w = b = None
         while iterations < o.max_iter:
             iterations += 1
-            means, cov = m_step(x, gamma)
+            means, cov = m_step(x, gamma, o.covariance)
             w, b = gaussian_head(means, shrinkage_precision(cov, n))
             new = torch.softmax(base + o.alpha * (x @ w + b), dim=1)
             delta = float((new - gamma).abs().max())

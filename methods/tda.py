@@ -1,7 +1,8 @@
 """TDA, training-free dynamic adapter (Karmanov et al., CVPR 2024; kdiAAA/TDA tda_runner.py).
 
 One pass over the adaptation data, one image at a time in a seeded shuffled order, no gradients. For each image
-(eval-transform feature f, zero-shot logits z = s·f·t at CLIP's logit scale s, 100 in the reference):
+(eval-transform feature f, zero-shot logits z = s·f·t at CLIP's logit scale s; the reference hard-codes 100, which
+``scale=100`` reproduces on backbones whose own scale differs):
 
 1. entropy H = −Σ softmax(z)·log_softmax(z) and prediction ŷ = argmax z;
 2. positive cache, per predicted class, at most ``pos_capacity`` (3) entries (f, H), kept sorted by H: a new
@@ -98,12 +99,14 @@ class TDA(Method):
         positive: bool = option(True, "use the positive cache")
         negative: bool = option(True, "use the negative cache")
         prompt: str | None = option(None, "prompt template with {} (default: the dataset's)", contains="{}")
+        scale: float | None = option(None, "logit scale of the zero-shot and cache logits (default: the backbone's; "
+                                           "100 is the reference's hard-coded value)", min=0, min_exclusive=True)
 
     def setup(self, backbone, class_names: list[str], context: AdaptContext) -> None:
         super().setup(backbone, class_names, context)
         self.template = self.options.prompt or context.prompt
         self.text = encode_texts(backbone, prompt_texts(self.template, class_names))
-        self.scale = backbone.logit_scale
+        self.scale = self.options.scale or backbone.logit_scale
         self._new_caches()
         self._online: np.ndarray | None = None
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import TINY, make_tiny_clipn
+
+from ueobench.core.errors import UeobenchError
 from ueobench.runs.plan import plan_run
 from ueobench.runs.request import RunRequest
 from ueobench.runs.session import start
-from ueobench.store.records import load_predictions
 from ueobench.scoring.scores import compute_score, softmax
+from ueobench.store.records import load_predictions
 
 
 def session(method: str, options: dict | None = None, backbone: str = TINY, protocol: str = "opda",
@@ -35,8 +36,10 @@ def run_dir(results: str = "results", prefix: str = "") -> Path:
 # ------------------------------------------------------------------------------------------------------ GDA
 
 
-def reference_em(x: np.ndarray, text: np.ndarray, scale: float, alpha: float, iters: int):
-    """The unsupervised GDA of methods.md §8, written out per class in float64 numpy."""
+def reference_em(x: np.ndarray, text: np.ndarray, scale: float, alpha: float, iters: int, pooled: bool = False):
+    """The unsupervised GDA of methods.md §8, written out per class in float64 numpy; ``pooled``: the covariance
+    handed to the shrinkage estimator is the released code's, the scatter of the class-centred features over
+    N - 1 (with responsibilities for labels), else the project page's mean of per-class covariances."""
     n, d = x.shape
     k = text.shape[0]
     base = scale * x @ text.T
@@ -44,7 +47,10 @@ def reference_em(x: np.ndarray, text: np.ndarray, scale: float, alpha: float, it
     for _ in range(iters):
         nk = gamma.sum(0)
         mu = np.stack([(gamma[:, c:c + 1] * x).sum(0) / nk[c] for c in range(k)])
-        cov = sum(((gamma[:, c:c + 1] * (x - mu[c])).T @ (x - mu[c])) / nk[c] for c in range(k)) / k
+        if pooled:
+            cov = sum((gamma[:, c:c + 1] * (x - mu[c])).T @ (x - mu[c]) for c in range(k)) / (n - 1)
+        else:
+            cov = sum(((gamma[:, c:c + 1] * (x - mu[c])).T @ (x - mu[c])) / nk[c] for c in range(k)) / k
         prec = d * np.linalg.pinv((n - 1) * cov + np.trace(cov) * np.eye(d))
         w = prec @ mu.T
         b = np.log(1.0 / k) - 0.5 * np.einsum("kd,de,ke->k", mu, prec, mu)
@@ -52,28 +58,45 @@ def reference_em(x: np.ndarray, text: np.ndarray, scale: float, alpha: float, it
     return w, b
 
 
-def _gda(alpha: float, iters: int, x: torch.Tensor, text: torch.Tensor, background: bool = False):
+def _gda(alpha: float, iters: int, x: torch.Tensor, text: torch.Tensor, background: bool = False,
+         covariance: str = "pooled"):
     from ueobench.method.options import build_options
     from ueobench.method.registry import get_method
 
     cls = get_method("gda")
     m = cls(build_options(cls, {"alpha": str(alpha), "max_iter": str(iters), "tol": "0",
-                                "background": str(background)}))
+                                "background": str(background), "covariance": covariance}))
     m.class_names, m.text, m.scale, m.w, m.b, m._info = [str(i) for i in range(len(text))], text, 100.0, None, None, {}
     m.adapt(SimpleNamespace(image_features=lambda: x))
     return m
 
 
-def test_gda_em_equals_the_per_class_restatement():
+@pytest.mark.parametrize("covariance", ["pooled", "per_class"])
+def test_gda_em_equals_the_per_class_restatement(covariance):
     g = torch.Generator().manual_seed(0)
     x = F.normalize(torch.randn(60, 8, generator=g), dim=-1)
     text = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
-    m = _gda(0.1, 4, x, text)
-    w, b = reference_em(x.double().numpy(), text.double().numpy(), 100.0, 0.1, 4)
+    m = _gda(0.1, 4, x, text, covariance=covariance)
+    w, b = reference_em(x.double().numpy(), text.double().numpy(), 100.0, 0.1, 4, pooled=covariance == "pooled")
     assert np.allclose(m.w.numpy(), w, rtol=1e-4, atol=1e-4) and np.allclose(m.b.numpy(), b, rtol=1e-4, atol=1e-3)
     expected = (100 * x.double().numpy() @ text.double().numpy().T + 0.1 * (x.double().numpy() @ w + b)) / 100
     assert np.allclose(m.predict_features(x).numpy(), expected, atol=1e-4)
     assert m.info()["em_iterations"] == 4
+
+
+def test_gda_pooled_covariance_is_the_released_codes_torch_cov_with_labels():
+    from ueobench.methods.gda import m_step
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    labels = torch.arange(50) % 4
+    gamma = F.one_hot(labels, 4).double()
+    means, cov = m_step(x, gamma, "pooled")
+    centred = x - means[labels]  # main_few_shots.py: torch.cov of the class-centred features, over N - 1
+    assert torch.allclose(cov, torch.cov(centred.T), atol=1e-12)
+    _, per_class = m_step(x, gamma, "per_class")
+    assert not torch.allclose(per_class, cov)  # the two readings differ (by N/(N-1) for balanced classes)
+    assert torch.allclose(per_class * 50 / 49, cov, atol=0.05)
 
 
 def test_gda_shrinkage_precision_and_head_by_hand():
@@ -203,6 +226,23 @@ def test_tda_cache_keeps_the_lowest_entropies_sorted():
     assert [e[1] for e in c.entries[0]] == [0.1, 0.2, 0.3]  # 0.9 replaced by 0.1, 0.5 by 0.3; 0.95 never admitted
 
 
+def test_tda_scale_option_sets_the_logit_scale_of_the_stream():
+    g = torch.Generator().manual_seed(4)
+    text = F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    feats = F.normalize(text[torch.randint(0, 4, (30,), generator=g)] + 0.9 * torch.randn(30, 8, generator=g), dim=-1)
+    order = torch.randperm(30, generator=torch.Generator().manual_seed(5)).tolist()
+    o = {"pos_capacity": 3, "neg_capacity": 2, "pos_alpha": 2.0, "pos_beta": 5.0, "neg_alpha": 0.117,
+         "neg_beta": 1.0, "low": 0.2, "high": 0.5}
+    for scale in (22.0, 100.0):
+        m = _tda(feats, text, seed=5, scale=scale)  # the option is what setup uses instead of the backbone's
+        assert m.options.scale == scale
+        m.scale = scale
+        m._new_caches()
+        m.adapt(SimpleNamespace(image_features=lambda: feats, seed=5))
+        expected = reference_tda(feats.double().numpy(), text.double().numpy(), order, o, scale=scale)
+        assert np.allclose(m.online_predictions(), expected, atol=1e-5), scale
+
+
 def test_tda_entropy_normalisation_option_moves_the_window():
     # two classes and one image whose zero-shot probabilities are (0.87, 0.13): H = 0.386 nats, which is inside
     # (0.2, 0.5) divided by log2(2) = 1 (the reference) and outside divided by ln(2) = 0.693
@@ -254,11 +294,46 @@ def test_local_features_restate_the_reference_value_path():
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_resnet_local_features_restate_the_reference_attention_pool_value_path():
+    from ueobench.models.backbones import load_backbone
+    from ueobench.models.clip_ops import encode_local, local_features_unsupported
+
+    bb = load_backbone("tiny-rn:random")
+    assert local_features_unsupported(bb) is None
+    visual = bb.model.visual
+    images = torch.randn(2, 3, bb.image_size, bb.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = encode_local(bb, images)
+        # the reference (GL-MCM clip/model.py AttentionPool2d), by hand: the stem and the four stages, then each
+        # position of the last map through v_proj and c_proj; no positional embedding, no attention
+        x = visual.stem(images) if hasattr(visual, "stem") else None
+        if x is None:
+            x = images
+            for conv, bn, act in ((visual.conv1, visual.bn1, visual.act1), (visual.conv2, visual.bn2, visual.act2),
+                                  (visual.conv3, visual.bn3, visual.act3)):
+                x = act(bn(conv(x)))
+            x = visual.avgpool(x)
+        for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+            x = stage(x)
+        pool = visual.attnpool
+        local = x.permute(0, 2, 3, 1)
+        local = F.linear(F.linear(local, pool.v_proj.weight, pool.v_proj.bias), pool.c_proj.weight, pool.c_proj.bias)
+        want = F.normalize(local.reshape(2, -1, local.shape[-1]), dim=-1)
+    assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+
+
 def test_glmcm_score_by_hand():
+    from ueobench.scoring.scores import canonical_score
+
     cos = np.array([[0.3, 0.1], [0.2, 0.2]])
     local = np.array([0.9, 0.5])
     mcm = softmax(cos, axis=1).max(1)
     assert np.allclose(compute_score("glmcm", cos, 100.0, {"local_mcm": local}), mcm + local)
+    assert np.allclose(compute_score("glmcm:0.5", cos, 100.0, {"local_mcm": local}), mcm + 0.5 * local)
+    assert canonical_score("glmcm:1") == "glmcm" and canonical_score("glmcm:0.50") == "glmcm:0.5"
+    for bad in ("glmcm:x", "glmcm:-1", "mcm:2"):
+        with pytest.raises(UeobenchError):
+            canonical_score(bad)
     assert np.allclose(compute_score("lmcm", cos, 100.0, {"local_mcm": local}), local)
     with pytest.raises(Exception, match="glmcm"):
         compute_score("glmcm", cos, 100.0)
@@ -292,8 +367,10 @@ def test_glmcm_from_the_cli_saved_runs_and_refusals(cli):
     auroc = json.loads((glmcm_run / "record.json").read_text())["metrics"]["test"]["auroc"]
     assert f"{100 * auroc:.1f}" in r.output  # the GL-MCM run stands for the configuration, not the MCM one
     r = cli("run", "--method", "zeroshot", "--protocol", "opda", "--domain", "clipart", "--backbone", "tiny-rn:random",
-            "--score", "glmcm")
-    assert r.exit_code != 0 and "ViT" in r.output and "Traceback" not in r.output
+            "--score", "glmcm:0.5", "--json")  # CLIP ResNets have local features too (the attention pool's values)
+    assert r.exit_code == 0, r.output
+    rec = json.loads(r.output)
+    assert rec["config"]["score"] == "glmcm:0.5" and "test_local_mcm" in load_predictions(run_dir(prefix=rec["run_id"]))
 
 
 # ---------------------------------------------------------------------------------------------------- CLIPN

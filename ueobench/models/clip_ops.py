@@ -52,11 +52,17 @@ def encode_images(backbone, images: torch.Tensor) -> torch.Tensor:
 
 def local_features_unsupported(backbone) -> str | None:
     """Why GL-MCM's local features cannot be taken from this backbone's image tower, or None when they can."""
+    from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
     from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 
     visual = backbone.model.visual
+    if isinstance(visual, ModifiedResNet):
+        if not isinstance(getattr(visual, "attnpool", None), AttentionPool2d):
+            return f"{backbone.spec.name} pools its feature map otherwise than by CLIP's attention pool"
+        return None
     if not isinstance(visual, VisionTransformer):
-        return f"{backbone.spec.name} has a {type(visual).__name__} image tower; local features need a ViT"
+        return (f"{backbone.spec.name} has a {type(visual).__name__} image tower; local features need a ViT or a "
+                f"CLIP ResNet")
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
         return f"{backbone.spec.name} pools its tokens otherwise than by the class token"
     block = visual.transformer.resblocks[-1]
@@ -68,16 +74,22 @@ def local_features_unsupported(backbone) -> str | None:
 def encode_local(backbone, images: torch.Tensor) -> torch.Tensor:
     """GL-MCM's local features [B, patches, D], L2-normalised, fp32.
 
-    As the reference computes them: the input x of the last ViT block goes through that block's value path only
+    As the reference computes them. ViT: the input x of the last block goes through that block's value path only
     (the value slice of the input projection, then the attention output projection), plus the residual, plus the
-    block's MLP; then the tower's ``ln_post`` and ``proj``; the class token is dropped. The image tower itself is
-    run unchanged; a hook captures x."""
+    block's MLP; then the tower's ``ln_post`` and ``proj``; the class token is dropped. CLIP ResNet: each position
+    of the last feature map goes through the attention pool's value path, ``v_proj`` then ``c_proj`` (no
+    positional embedding, no attention), row-major over the map. The image tower itself is run unchanged; a hook
+    captures its input."""
+    from open_clip.modified_resnet import ModifiedResNet
+
     reason = local_features_unsupported(backbone)
     if reason:
         from ..core.errors import UeobenchError
 
         raise UeobenchError(f"local features: {reason}")
     visual = backbone.model.visual
+    if isinstance(visual, ModifiedResNet):
+        return _resnet_local(visual, images.to(backbone.device))
     block = visual.transformer.resblocks[-1]
     captured: dict[str, torch.Tensor] = {}
 
@@ -101,4 +113,18 @@ def encode_local(backbone, images: torch.Tensor) -> torch.Tensor:
     tokens = visual.ln_post(v)[:, 1:]
     if visual.proj is not None:
         tokens = tokens @ visual.proj
+    return F.normalize(tokens.float(), dim=-1)
+
+
+def _resnet_local(visual, images: torch.Tensor) -> torch.Tensor:
+    pool = visual.attnpool
+    captured: dict[str, torch.Tensor] = {}
+    handle = pool.register_forward_pre_hook(lambda module, args: captured.__setitem__("x", args[0]))
+    try:
+        visual(images)
+    finally:
+        handle.remove()
+    x = captured["x"]  # [B, C, H, W]
+    tokens = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # row-major positions, [B, HW, C]
+    tokens = F.linear(F.linear(tokens, pool.v_proj.weight, pool.v_proj.bias), pool.c_proj.weight, pool.c_proj.bias)
     return F.normalize(tokens.float(), dim=-1)

@@ -60,7 +60,7 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
     rows: list[dict[str, Any]] = []
     other_code: list[dict[str, Any]] = []
     unreadable: list[str] = []
-    chosen: dict[tuple, tuple[tuple, int, Any, str]] = {}
+    twins: dict[tuple, list[tuple[int, Any, str]]] = {}
     for order, rec in enumerate(iter_records(results, unreadable)):
         label = rec.label
         status = code_status(rec.code)
@@ -73,13 +73,10 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
             short = rec.code_fingerprint[-8:] if rec.code_fingerprint else "v1"
             label = f"{label} [code {short}{', source not found' if status == 'unknown' else ''}]"
         config = {k: v for k, v in (rec.raw.get("config") or {}).items() if k not in ("score", "rule")}
-        key = (json.dumps(config, sort_keys=True, default=str), label, rec.oracle)
-        # the run made with the asked score and rule stands for its twins, else the one made with the defaults
-        rank = (0 if rec.score == (score or "mcm") else 1 if rec.score == "mcm" else 2,
-                0 if rec.rule == (rule or DEFAULT_RULE) else 1 if rec.rule == DEFAULT_RULE else 2)
-        if key not in chosen or (rank, order) < (chosen[key][0], chosen[key][1]):
-            chosen[key] = (rank, order, rec, label)
-    for _, _, rec, label in sorted(chosen.values(), key=lambda c: c[1]):
+        twins.setdefault((json.dumps(config, sort_keys=True, default=str), label, rec.oracle), []).append(
+            (order, rec, label))
+    chosen = [c for group in twins.values() for c in _standing_for(group, score, rule)]
+    for _, rec, label in sorted(chosen, key=lambda c: c[0]):
         recompute = bool((score and score != rec.score) or (rule and rule != rec.rule))
         needs = score_needs(score or rec.score) if recompute else ()
         preds: dict[str, Any] = {}
@@ -127,6 +124,25 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
 
 #: plan fields that are neither an axis nor a seed; a cell never holds runs that differ in one of them
 VARIANT_FIELDS = ("weights", "activation", "precision", "eval_batch_size", "protocol_checksum", "data_checksum")
+
+
+def _standing_for(group: list[tuple[int, Any, str]], score: str | None, rule: str | None) -> list:
+    """Of runs that differ only in the score or rule they were made with, those a table shows: with an asked
+    score (rule), one run stands for all (the one made with it, else with the default; the others would be
+    recomputed to the same numbers); without, the run made with the default, else one per score (rule), each
+    then shown in a table of its own."""
+    for field, asked, default in (("score", score, "mcm"), ("rule", rule, DEFAULT_RULE)):
+        by = {getattr(rec, field): [] for _, rec, _ in group}
+        for item in group:
+            by[getattr(item[1], field)].append(item)
+        if asked:
+            group = by.get(asked) or by.get(default) or next(iter(by.values()))
+        elif default in by:
+            group = by[default]
+    firsts: dict[tuple, tuple] = {}
+    for item in group:  # several runs of one score and rule: the first stands for them
+        firsts.setdefault((item[1].score, item[1].rule), item)
+    return list(firsts.values())
 
 
 def _leave_out(rec: Any, why: str, unreadable: list[str]) -> None:

@@ -43,10 +43,12 @@ class TableRequest:
         if isinstance(self.metrics, str):
             self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
         self.filters = _check_filters(dict(self.filters))
-        if self.rule is not None:
-            from ..scoring.scores import canonical_rule
+        from ..scoring.scores import canonical_rule, canonical_score
 
+        if self.rule is not None:
             self.rule = canonical_rule(self.rule)
+        if self.score is not None:
+            self.score = canonical_score(self.score)
         if self.code not in CODE_CHOICES:
             raise UeobenchError(f"unknown --code '{self.code}'; use current or all")
         if self.error not in ERRORS:

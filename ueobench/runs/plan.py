@@ -22,7 +22,7 @@ from ..data.dataset import DataResolver, ShiftData
 from ..data.protocols import Protocol
 from ..method.registry import MethodResolver, get_method
 from ..models.backbones import BackboneSpec, ResolvedBackbone, resolve_backbone
-from ..scoring.scores import canonical_rule, check_request
+from ..scoring.scores import canonical_rule, canonical_score, check_request
 from .request import PRECISIONS, RunPlan, RunRequest
 
 __all__ = ["Planner", "PlannedRun", "RunPlan", "RunRequest", "plan_run"]
@@ -80,7 +80,7 @@ class Planner:
             dataset=proto.name, shift=sd.split.shift, domain=sd.domain.domain, backbone=backbone.spec.name,
             activation=backbone.activation, weights=backbone.weights, method=method.cls.name, options=method.resolved,
             method_code=method.code["fingerprint"], seed=req.seed, precision=req.precision,
-            eval_batch_size=req.eval_batch_size, score=req.score, rule=canonical_rule(req.rule),
+            eval_batch_size=req.eval_batch_size, score=canonical_score(req.score), rule=canonical_rule(req.rule),
             protocol_checksum=proto.checksum, data_checksum=data.checksum,
         )
         return PlannedRun(plan, req, method.cls, method.options, proto, sd, backbone.spec, method.code, method.label,

@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..scoring.scores import SCORES
+from ..scoring.scores import score_of
 from ..store.records import SCHEMA_VERSION
 from .env import environment, peak_memory_mb
 from .plan import PlannedRun
@@ -80,7 +80,7 @@ def record_document(planned: PlannedRun, session: Session, history: list[Any], m
             "skipped": sd.domain.skipped,
         },
         "backbone": backbone.info,
-        "evaluation": {"score": plan.score, "score_temperature": SCORES.get(plan.score).temperature,
+        "evaluation": {"score": plan.score, "score_temperature": score_of(plan.score).temperature,
                        "hscore_rule": plan.rule, "logit_scale": backbone.logit_scale,
                        "predictions": session.evaluator.paths,
                        "splits": {"test": "held-out test split (all classes)", "target": "the unlabeled adaptation data"}},

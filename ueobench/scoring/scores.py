@@ -11,6 +11,7 @@ silent fallback to another score.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Mapping
 
 import numpy as np
@@ -33,7 +34,7 @@ def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
 #: Per-image evidence a score may need, saved as ``{split}_{kind}`` beside the cosines, and how a run saves it.
 EXTRAS: dict[str, str] = {
     "local_mcm": "the local (patch) term of GL-MCM, max over patches and classes of softmax(local cosines / T), "
-    "T = 1; saved by runs made with --score glmcm or --score lmcm on a ViT backbone",
+    "T = 1; saved by runs made with --score glmcm (or glmcm:LAMBDA) or --score lmcm on a ViT or CLIP ResNet",
     "no_cos": "cosines with CLIPN's 'no' text encoder; saved by method clipn on a CLIPN checkpoint",
 }
 
@@ -45,26 +46,56 @@ class Score:
     temperature: str  # human-readable: "1 (raw cosine)" or "1/logit_scale"
     doc: str
     needs: tuple[str, ...] = ()  # kinds of EXTRAS the score reads
+    #: an optional numeric parameter, written ``name:value`` (``glmcm:0.5``): its keyword, default and range
+    param: tuple[str, float, float, float] | None = None
 
 
 SCORES: Registry[Score] = Registry("score")
 
 
-def register_score(name: str, temperature: str, doc: str, needs: tuple[str, ...] = ()):
-    """Register ``fn(cos, logit_scale, extras)``; ``needs`` names the EXTRAS it reads."""
+def register_score(name: str, temperature: str, doc: str, needs: tuple[str, ...] = (),
+                   param: tuple[str, float, float, float] | None = None):
+    """Register ``fn(cos, logit_scale, extras[, <param>=value])``; ``needs`` names the EXTRAS it reads; ``param``
+    is ``(keyword, default, low, high)`` of a parameter given as ``--score name:value``."""
     unknown = [n for n in needs if n not in EXTRAS]
     if unknown:
         raise ValueError(f"score '{name}' needs unknown evidence {unknown}; known: {sorted(EXTRAS)}")
 
     def deco(fn: Callable[..., np.ndarray]):
-        SCORES.register(name, Score(name, fn, temperature, doc, tuple(needs)), origin=fn.__module__)
+        SCORES.register(name, Score(name, fn, temperature, doc, tuple(needs), param), origin=fn.__module__)
         return fn
 
     return deco
 
 
+def score_of(spec: str) -> Score:
+    """The score a ``--score`` value names: ``mcm``, or a score with its parameter, ``glmcm:0.5``."""
+    name, sep, arg = str(spec).strip().partition(":")
+    base = SCORES.get(name)  # raises with a suggestion
+    if not sep:
+        return base
+    if base.param is None:
+        raise UeobenchError(f"score '{name}' takes no parameter (got '{spec}'); use --score {name}")
+    key, default, low, high = base.param
+    try:
+        value = float(arg)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # NaN fails this too
+        raise UeobenchError(f"bad score '{spec}': its {key} is a number in [{low}, {high}], e.g. {name}:{default}")
+    if value == default:
+        return base
+    return Score(f"{name}:{value!r}", partial(base.fn, **{key: value}), base.temperature,
+                 f"{base.doc} with {key} = {value!r}", base.needs, base.param)
+
+
+def canonical_score(spec: str) -> str:
+    """One spelling per score: ``glmcm:1`` is ``glmcm`` (the default), ``glmcm:0.50`` is ``glmcm:0.5``."""
+    return score_of(spec).name
+
+
 def score_needs(name: str) -> tuple[str, ...]:
-    return SCORES.get(name).needs
+    return score_of(name).needs
 
 
 def how_to_save(name: str) -> str:
@@ -99,17 +130,18 @@ def neg_entropy(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
     return (p * np.log(p + 1e-12)).sum(1)
 
 
-GLMCM_LAMBDA = 1.0  # lambda_local of the reference
+GLMCM_LAMBDA = 1.0  # lambda_local: the reference's default and its COCO/VOC scripts (its ImageNet script: 0.5)
 CLIPN_SCALE = 100.0  # CLIPN's classifier multiplies both cosines by a fixed 100, whatever the model's logit scale
 
 
-@register_score("glmcm", "1 (raw cosine)", "GL-MCM: MCM + 1.0 x max over patches and classes of "
-                "softmax(local cosines), T = 1 (ViT only; needs local features)", needs=("local_mcm",))
-def glmcm(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
-    return softmax(cos, axis=1).max(1) + GLMCM_LAMBDA * np.asarray(extras["local_mcm"], np.float64)
+@register_score("glmcm", "1 (raw cosine)", "GL-MCM: MCM + lambda x max over patches and classes of "
+                "softmax(local cosines), T = 1, lambda = 1 (glmcm:0.5 for the reference's ImageNet setting; ViT "
+                "or CLIP ResNet; needs local features)", needs=("local_mcm",), param=("lambda_local", 1.0, 0.0, 100.0))
+def glmcm(cos: np.ndarray, logit_scale: float, extras, lambda_local: float = GLMCM_LAMBDA) -> np.ndarray:
+    return softmax(cos, axis=1).max(1) + lambda_local * np.asarray(extras["local_mcm"], np.float64)
 
 
-@register_score("lmcm", "1 (raw cosine)", "L-MCM: the local term of GL-MCM alone (ViT only; needs local "
+@register_score("lmcm", "1 (raw cosine)", "L-MCM: the local term of GL-MCM alone (ViT or CLIP ResNet; needs local "
                 "features)", needs=("local_mcm",))
 def lmcm(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
     return np.asarray(extras["local_mcm"], np.float64)
@@ -138,7 +170,7 @@ def atd(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
 def compute_score(name: str, cos: np.ndarray, logit_scale: float,
                   extras: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
     """The score of every sample; ``extras`` holds the evidence the score ``needs`` (an error names how to save it)."""
-    score = SCORES.get(name)
+    score = score_of(name)
     extras = extras or {}
     missing = [k for k in score.needs if k not in extras]
     if missing:
@@ -184,7 +216,7 @@ def canonical_rule(rule: str) -> str:
 def check_request(score: str, rule: str, method: str, method_extras: tuple[str, ...]) -> None:
     """Refuse, before anything is loaded, a score whose evidence the method does not give (local features are
     checked against the backbone when the run starts) and a malformed rule."""
-    for kind in SCORES.get(score).needs:  # raises with a suggestion for an unknown score
+    for kind in score_of(score).needs:  # raises with a suggestion for an unknown score
         if kind != "local_mcm" and kind not in method_extras:
             raise UeobenchError(f"score '{score}' needs {kind}, which method '{method}' does not give "
                                 f"({how_to_save(score)})")
