@@ -83,6 +83,7 @@ def _class_features(encode, tokenizer, templates: list[str], class_names: list[s
 
 @register_method("clipn")
 class CLIPN(Method):
+    display_name = "CLIPN"
     extras = ("no_cos",)
 
     @dataclass

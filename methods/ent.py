@@ -7,5 +7,6 @@ from ueobench.adapt import PromptTuningMethod, entropy_loss
 
 @register_method("ent")
 class EntropyMinimisation(PromptTuningMethod):
+    display_name = "Ent"
     def objective(self, probs, idx):
         return entropy_loss(probs)

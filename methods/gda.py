@@ -72,6 +72,7 @@ def m_step(x: torch.Tensor, gamma: torch.Tensor, covariance: str = "pooled") -> 
 
 @register_method("gda")
 class GDA(Method):
+    display_name = "GDA"
     adaptation = "transductive"
 
     @dataclass

@@ -9,6 +9,7 @@ from ueobench.adapt import PromptTuningMethod, PromptTuningOptions, im_loss
 
 @register_method("im")
 class InformationMaximisation(PromptTuningMethod):
+    display_name = "IM"
     @dataclass
     class Options(PromptTuningOptions):
         trade: float = option(1.0, "weight of the marginal-entropy (diversity) term", min=0)

@@ -33,6 +33,7 @@ def pouf_decay(step: int, total: int) -> float:
 
 @register_method("pouf")
 class POUF(PromptTuningMethod):
+    display_name = "POUF"
     @dataclass
     class Options(PromptTuningOptions):
         tune: str = option("prompt", "POUF tunes the prompt (and the logit scale)", choices=("prompt",))

@@ -80,6 +80,7 @@ def cache_logits(features: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
 
 @register_method("tda")
 class TDA(Method):
+    display_name = "TDA"
     adaptation = "online"
 
     @dataclass

@@ -32,6 +32,7 @@ from ueobench.models import batchnorms
 
 @register_method("tent")
 class Tent(PromptTuningMethod):
+    display_name = "TENT"
     adaptation = "online"
 
     @dataclass

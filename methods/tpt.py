@@ -21,6 +21,7 @@ from ueobench.models import encode_images
 
 @register_method("tpt")
 class TPT(Method):
+    display_name = "TPT"
     adaptation = "episodic"
 
     @dataclass
@@ -33,6 +34,10 @@ class TPT(Method):
         ctx_init: str = option("a photo of a", "phrase the context starts from")
         scale_min: float = option(0.08, "smallest RandomResizedCrop area fraction", min=0, max=1, min_exclusive=True)
         augmix: bool = option(True, "AugMix views, as the reference for every non-ImageNet set")
+
+    @classmethod
+    def work(cls, options, n_adapt, n_test, n_known):
+        return float(options.views * (n_adapt + n_test))  # every view of every image, once
 
     def setup(self, backbone, class_names, context):
         super().setup(backbone, class_names, context)

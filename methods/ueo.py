@@ -21,6 +21,7 @@ WEIGHTS = ("msp", "none", "oracle")
 
 @register_method("ueo")
 class UEO(PromptTuningMethod):
+    display_name = "UEO"
     @dataclass
     class Options(PromptTuningOptions):
         trade: float = option(1.0, "weight of the marginal-entropy (diversity) term", min=0)

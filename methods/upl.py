@@ -37,6 +37,7 @@ def dassl_cosine_with_warmup(base_lr: float, warmup_epochs: int, max_epochs: int
 
 @register_method("upl")
 class UPL(Method):
+    display_name = "UPL"
     adaptation = "transductive"
 
     @dataclass
@@ -49,6 +50,10 @@ class UPL(Method):
         lr: float = option(0.002, "SGD learning rate after the warm-up", min=0)
         warmup_epochs: int = option(1, "epochs at the constant warm-up lr 1e-5", min=0)
         eval_every: int = option(0, "evaluate every N epochs (0: final only)", min=0)
+
+    @classmethod
+    def work(cls, options, n_adapt, n_test, n_known):
+        return 3.0 * options.ensemble * options.epochs * min(n_adapt, options.shots * n_known) + n_adapt + n_test
 
     def setup(self, backbone, class_names, context):
         super().setup(backbone, class_names, context)

@@ -11,6 +11,7 @@ from ueobench.models import encode_images, encode_texts, prompt_texts
 
 @register_method("zeroshot")
 class ZeroShot(Method):
+    display_name = "Zero-shot"
     @dataclass
     class Options(Options):
         prompt: str | None = option(None, "prompt template with {} for the class name (default: the dataset's)",

@@ -39,7 +39,7 @@ def test_run_then_table(cli):
 
     t = cli("table")
     assert t.exit_code == 0, t.output
-    assert "| zeroshot |" in t.output
+    assert "| Zero-shot |" in t.output
     assert "clipart" in t.output and "avg" not in t.output  # an average of one column is left out
 
     again = cli(*RUN)

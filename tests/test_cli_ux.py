@@ -66,7 +66,7 @@ def test_sweep_prints_a_line_per_run_and_set_values_form_an_axis(cli):
     lines = [ln for ln in r.output.splitlines() if ln.startswith("[")]
     assert len(lines) == 2 and all("test acc" in ln for ln in lines)
     table = cli("table", "--protocol", "opda").output
-    assert "ueo (epochs=1, eval_every=0, lr_prompt=0.01)" in table and "ueo (epochs=1, eval_every=0) |" in table
+    assert "UEO (epochs=1, eval_every=0, lr_prompt=0.01)" in table and "UEO (epochs=1, eval_every=0) |" in table
     twice = cli("sweep", "--method", "ueo", "--protocol", "opda", "--set", "epochs=1", "--set", "epochs=2")
     assert twice.exit_code == 2 and "--set epochs is given twice" in twice.output and "epochs=a,b" in twice.output
 

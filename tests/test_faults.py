@@ -88,7 +88,7 @@ def test_kill_at_random_moments(cli, tmp_path):
     assert_store_consistent()
     assert len(visible_runs()) == 1
     table = cli("table", "--metric", "acc,auroc")
-    assert table.exit_code == 0 and "| ueo (epochs=2, eval_every=0) |" in table.output
+    assert table.exit_code == 0 and "| UEO (epochs=2, eval_every=0) |" in table.output
 
 
 def test_nan_loss_stops_the_run_and_records_it_as_failed(cli, tmp_path):
@@ -141,7 +141,7 @@ def test_bad_results_folder_entries_are_skipped_with_a_warning(cli):
     assert "corrupt/record.json" in messages and "foreign/record.json" in messages
     assert "record schema 99, newer than this ueobench" in messages and "upgrade ueobench to read it; skipping it" in messages
     t = cli("table")
-    assert t.exit_code == 0 and "| zeroshot |" in t.output and "nan" not in t.output.lower()
+    assert t.exit_code == 0 and "| Zero-shot |" in t.output and "nan" not in t.output.lower()
 
 
 def test_unwritable_or_full_results_folder_fails_before_compute(cli, tmp_path, monkeypatch):

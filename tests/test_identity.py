@@ -297,7 +297,7 @@ def test_records_of_the_previous_schema_are_read_and_left_out_by_default(cli):
     del rec["method"]["label"], rec["method"]["code"]
     (old / "record.json").write_text(json.dumps(rec))
     out = cli("table", "--protocol", "opda").output
-    assert "1 run made by other code left out" in out and "| zeroshot |" in out
+    assert "1 run made by other code left out" in out and "| Zero-shot |" in out
     every = cli("table", "--protocol", "opda", "--code", "all").output
     assert "zeroshot [v1 " in every
 

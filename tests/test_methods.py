@@ -93,7 +93,7 @@ def test_ueo_oracle_is_marked_and_ranked_apart(cli):
     assert r.exit_code == 0, r.output
     rec = json.loads(r.output)
     assert rec["method"]["oracle"] is True and rec["method"]["info"]["weights"] == "oracle"
-    assert "ueo (epochs=1, eval_every=0, weights=oracle) (oracle)" in cli("table", "--protocol", "oda").output
+    assert "UEO (epochs=1, eval_every=0, weights=oracle) (oracle)" in cli("table", "--protocol", "oda").output
 
 
 def test_label_access_is_refused_to_non_oracles():

@@ -91,7 +91,7 @@ def _sections(text: str) -> dict[str, list[float | None]]:
     for line in text.splitlines():
         if line.startswith("## "):
             title = line[3:].strip()
-        elif title and line.startswith("| zeroshot |"):
+        elif title and line.startswith(("| zeroshot |", "| Zero-shot |")):
             out[title] = _numbers(line)
     return out
 

@@ -83,7 +83,9 @@ def sweep(request: SweepRequest | SweepSpec, progress: Any = None, echo: Callabl
                 "outcome": {}, "workers_failed": 0, "dry_run": True}
     check_writable(spec.results)  # before the plan is written: a read-only, full or file-valued folder stops here
     plan_path = save_sweep(spec, jobs, names)
-    launched = LAUNCHERS[req.launcher](req, jobs, names, plan_path, progress, echo)
+    work = {p.run_id: p.method_cls.work(p.options, len(p.shift_data.adapt), len(p.shift_data.test),
+                                        p.shift_data.split.num_known) for p in plans}
+    launched = LAUNCHERS[req.launcher](req, jobs, names, plan_path, progress, echo, work)
     out = {"key": spec.key(), "runs": len(jobs), "states": grid_status(spec.results, names),
            "outcome": launched.outcome, "workers_failed": launched.workers_failed}
     if launched.submitted:
@@ -217,6 +219,7 @@ def builtin_architectures() -> list[str]:
 def check_data(dataset: str, domain: str | None = None, protocol: str = "opda", data_root: str | None = None,
                verify: bool = True) -> list[dict[str, Any]]:
     """``ueobench data check``: per split and role counts, missing and unreadable files."""
+    from .core.errors import DataError
     from .core.progress import make_progress
     from .data.check import check_domain
     from .data.dataset import load_domain
@@ -227,7 +230,12 @@ def check_data(dataset: str, domain: str | None = None, protocol: str = "opda", 
     domains = [proto.domain(domain).name] if domain else [d.name for d in proto.domains]
     reports = []
     with make_progress() as progress:
-        for d in domains:
-            dd = load_domain(proto, d, data_root, progress, settings)
+        for d in domains:  # every domain is reported: a missing one never hides the others
+            try:
+                dd = load_domain(proto, d, data_root, progress, settings)
+            except DataError as e:
+                reports.append({"dataset": proto.name, "domain": d, "shift": protocol, "source": None,
+                                "location": None, "splits": {}, "missing": [], "unreadable": [], "error": str(e)})
+                continue
             reports.append(check_domain(proto, protocol, dd, verify=verify, progress=progress))
     return reports

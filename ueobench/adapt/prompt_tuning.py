@@ -105,6 +105,12 @@ class PromptTuningMethod(Method):
             transform=random_resized_crop(self.backbone, (o.aug_scale_min, 1.0)), eval_every=o.eval_every,
         )
 
+    @classmethod
+    def work(cls, options: Any, n_adapt: int, n_test: int, n_known: int) -> float:
+        per_epoch = getattr(options, "iters_per_epoch", 0) * options.batch_size or n_adapt
+        evals = 1 + (options.epochs // options.eval_every if options.eval_every else 0)
+        return 3.0 * options.epochs * per_epoch + evals * (n_adapt + n_test)
+
     def before_training(self, context: AdaptContext) -> None:
         """Hook for work done once before the first step (e.g. UEO's confidence weights)."""
 

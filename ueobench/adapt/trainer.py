@@ -52,6 +52,10 @@ class TrainSpec:
     eval_every: int = 0  # 0: only the final evaluation (done by the evaluator)
     indices: Sequence[int] | None = None  # train on a subset of the adaptation data
     drop_last: bool = False
+    #: optimiser steps on each batch before the next (online methods that adapt several times per batch)
+    steps_per_batch: int = 1
+    #: called with (images, indices) after a batch's steps (online methods that report outputs after adapting)
+    on_batch_end: Callable[[torch.Tensor, torch.Tensor], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,7 +93,9 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
     if spec.schedule_unit not in ("iteration", "epoch"):
         raise UeobenchError(f"unknown schedule unit '{spec.schedule_unit}'; use iteration or epoch")
     per_step = spec.schedule_unit == "iteration"
-    total = spec.epochs * per_epoch
+    if spec.steps_per_batch < 1:
+        raise UeobenchError(f"steps_per_batch is {spec.steps_per_batch}; it must be at least 1")
+    total = spec.epochs * per_epoch * spec.steps_per_batch
     opt = make_optimizer(spec)
     factor = schedule_of(spec)
     steps = total if per_step else spec.epochs
@@ -114,23 +120,27 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
                 batches = iter(loader)
                 images, idx = next(batches)
             images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                loss = step_loss(images, idx)
-            if not torch.isfinite(loss):
-                raise UeobenchError(f"{label}: the loss is {loss.item()} at epoch {epoch}, iteration {it + 1}; "
-                                    f"lower the learning rate (--set) or check the data; the run is not recorded")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if per_step:
-                sched.step()
-            losses.append(loss.item())
+            for _ in range(spec.steps_per_batch):
+                with torch.autocast(device.type, dtype=dtype, enabled=amp):
+                    loss = step_loss(images, idx)
+                if not torch.isfinite(loss):
+                    raise UeobenchError(f"{label}: the loss is {loss.item()} at epoch {epoch}, iteration {it + 1}; "
+                                        f"lower the learning rate (--set) or check the data; the run is not "
+                                        f"recorded")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                if per_step:
+                    sched.step()
+                losses.append(loss.item())
+            if spec.on_batch_end is not None:
+                spec.on_batch_end(images, idx)
             it += 1
             if it == 2:
                 failpoint("training")
             if task is not None:
-                progress.advance(task, loss=losses[-1])
+                progress.advance(task, spec.steps_per_batch, loss=losses[-1])
         if not per_step:
             sched.step()
         entry: dict[str, Any] = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lrs}

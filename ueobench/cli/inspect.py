@@ -7,6 +7,7 @@ import sys
 import click
 
 from .. import api
+from ..core.errors import UeobenchError
 from ..data.protocols import SHIFTS
 from ..scoring.scores import RULES_DOC
 from .common import Command, Group, say
@@ -102,6 +103,42 @@ def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
         click.echo("  " + (", ".join(names) if names else "(none)"))
 
 
+@show.command("run")
+@click.argument("run_id")
+@click.option("--results", default="results", show_default=True)
+@click.option("--code", "show_code", is_flag=True, help="Print the method's source as it was when the run was made.")
+@click.option("--module", default=None, help="With --code: another module of the run's code (e.g. ueobench.adapt.losses).")
+@click.option("--json", "as_json", is_flag=True, help="The whole record as JSON.")
+def show_run(run_id: str, results: str, show_code: bool, module: str | None, as_json: bool) -> None:
+    """One stored run: what produced it and its metrics; --code prints the source that ran."""
+    from ..store.records import iter_records, stored_source
+
+    matches = [r for r in iter_records(results) if r.run_id.startswith(run_id)]
+    if len(matches) != 1:
+        names = ", ".join(r.run_id for r in matches[:5])
+        raise UeobenchError(f"run '{run_id}' matches {len(matches)} records under {results}"
+                            + (f" ({names})" if names else "") + "; give a longer prefix of the run id")
+    rec = matches[0]
+    if show_code:
+        name, source = stored_source(results, rec, module)
+        click.echo(f"# {name} ({(rec.code or {})['files'][name]['sha256'][:12]}) as run {rec.run_id} ran it", err=True)
+        click.echo(source, nl=False)
+        return
+    if as_json:
+        click.echo(json.dumps(rec.raw, indent=1, sort_keys=True))
+        return
+    cfg = rec.raw.get("config", {})
+    say(f"{rec.run_id}: {rec.display_label}",
+        f"  {rec.dataset}/{rec.shift}/{rec.domain}, {rec.backbone} (weights {cfg.get('weights')}), seed {rec.seed}",
+        f"  data {cfg.get('data_checksum')}, protocol {cfg.get('protocol_checksum')}",
+        f"  code {rec.code_fingerprint} ({len((rec.code or {}).get('files') or {})} files; --code shows the method's)",
+        f"  score {rec.score}, rule {rec.rule}, precision {cfg.get('precision')}")
+    for split in ("test", "target"):
+        m = rec.metrics.get(split, {})
+        say(f"  {split:<6} " + "  ".join(f"{k} {100 * v:.2f}" for k in ("acc", "auroc", "fpr95", "hscore")
+                                         if (v := m.get(k)) is not None))
+
+
 @show.command("method")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True)
@@ -140,6 +177,9 @@ def data_check(dataset: str, domain: str | None, protocol: str, data_root: str |
         click.echo(json.dumps(reports, indent=1))
     else:
         for r in reports:
+            if r.get("error"):
+                say(f"{r['dataset']}/{r['domain']}: not found: {r['error']}")
+                continue
             say(f"{r['dataset']}/{r['domain']} ({r['source']}: {r['location']}), roles under {r['shift']}")
             for split, c in r["splits"].items():
                 say(f"  {split:<6} {c['images']:>7} images  known {c['known']:>7}  unknown {c['unknown']:>7}  classes {c['classes']}")
@@ -149,7 +189,7 @@ def data_check(dataset: str, domain: str | None, protocol: str, data_root: str |
                     say(f"    {f}")
                 if len(r[kind]) > 20:
                     say(f"    ... and {len(r[kind]) - 20} more")
-    if any(r["missing"] or r["unreadable"] for r in reports):
+    if any(r["missing"] or r["unreadable"] or r.get("error") for r in reports):
         sys.exit(1)
 
 

@@ -57,6 +57,8 @@ class Method:
     """Base class. Subclasses set ``name``, ``Options`` and override ``setup`` and ``predict``."""
 
     name: ClassVar[str] = ""
+    #: how tables and figures name the method ("UEO", "Zero-shot"); the registered name when empty
+    display_name: ClassVar[str] = ""
     Options: ClassVar[type] = Options
     #: True when the method reads target labels (oracle ablations); such runs are marked and ranked apart.
     uses_target_labels: ClassVar[bool] = False
@@ -112,6 +114,12 @@ class Method:
         L2-normalised image features [B, D]; saved with the run as ``{split}_{kind}``. Optional."""
         return {}
 
+    def online_extra_outputs(self) -> dict[str, Any] | None:
+        """The evidence of ``extras`` for the adaptation data as the method produced it online (arrays in
+        adaptation index order), or None: then it comes from ``extra_outputs`` after adapting, like the test
+        split's."""
+        return None
+
     def eval_batching(self) -> tuple[int, bool] | None:
         """``(batch size, shuffle)`` when predictions depend on which images share a batch (BatchNorm with batch
         statistics, per-image episodes); ``None``: any batching gives the same predictions."""
@@ -126,6 +134,13 @@ class Method:
         online while adapting (each before the update it caused), or None. When given, they are the reported
         predictions on the adaptation ("target") split."""
         return None
+
+    @classmethod
+    def work(cls, options: Any, n_adapt: int, n_test: int, n_known: int) -> float:
+        """About how many images this configuration pushes through the image tower (a backward pass counts two
+        forwards): what sweep progress and its ETA count, so that a long run weighs more than a zero-shot one.
+        The default is one pass over each split."""
+        return float(n_adapt + n_test)
 
     def is_oracle(self) -> bool:
         """True when this configuration reads target labels; an option may turn it on (UEO's oracle weights)."""

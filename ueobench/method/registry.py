@@ -158,8 +158,9 @@ class ResolvedMethod:
     options: Any  # the Options instance
     resolved: dict[str, Any]  # every option, resolved
     changed: dict[str, Any]  # those that differ from the defaults for the dataset
-    label: str
+    label: str  # the registered name with the changed options
     code: dict[str, Any]  # the code fingerprint with each file's hash
+    display_label: str = ""  # the display name with the changed options (what tables and figures show)
 
 
 class MethodResolver:
@@ -177,4 +178,5 @@ class MethodResolver:
         changed = {k: v for k, v in resolved.items() if defaults.get(k) != v}
         if cls not in self._code:
             self._code[cls] = method_code(cls, self.roots)
-        return ResolvedMethod(cls, options, resolved, changed, option_label(cls.name, changed), self._code[cls])
+        return ResolvedMethod(cls, options, resolved, changed, option_label(cls.name, changed), self._code[cls],
+                              option_label(cls.display_name or cls.name, changed))

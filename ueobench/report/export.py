@@ -26,7 +26,8 @@ def export(req: ExportRequest) -> str | Path:
     """The text (CSV/JSONL) or, with ``req.output``, the written path (parquet needs ``output``)."""
     rows = []
     for r in records(req.results, req.code):
-        row: dict[str, Any] = {"run_id": r.run_id, "label": r.label, "oracle": r.oracle, "schema": r.schema}
+        row: dict[str, Any] = {"run_id": r.run_id, "label": r.label, "display_label": r.display_label,
+                               "oracle": r.oracle, "schema": r.schema}
         row.update({k: v for k, v in r.raw.get("config", {}).items() if k != "options"})
         row.update({f"option.{k}": v for k, v in sorted(r.options.items())})
         for split in ("test", "target"):

@@ -62,12 +62,13 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
     unreadable: list[str] = []
     twins: dict[tuple, list[tuple[int, Any, str]]] = {}
     for order, rec in enumerate(iter_records(results, unreadable)):
-        label = rec.label
+        label = rec.display_label
         status = code_status(rec.code)
         if status != "current":  # "unknown" (a file it ran is nowhere to be found) is not current either
             if code == "current":
                 other_code.extend({"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain,
-                                   "backbone": rec.backbone, "method": rec.label, "method_name": rec.method,
+                                   "backbone": rec.backbone, "method": rec.display_label, "method_name": rec.method,
+                                   "label": rec.label,
                                    "split": split, "run_id": rec.run_id} for split in rec.metrics)
                 continue
             short = rec.code_fingerprint[-8:] if rec.code_fingerprint else "v1"
@@ -97,7 +98,7 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
         part = []
         for split, m in sorted(rec.metrics.items()):
             row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
-                   "seed": rec.seed, "method_name": rec.method, "method": label, "split": split,
+                   "seed": rec.seed, "method_name": rec.method, "label": rec.label, "method": label, "split": split,
                    "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking),
                    "score": score or rec.score, "rule": rule or rec.rule, "recomputed": recompute,
                    "options": json.dumps(rec.options, sort_keys=True, default=str),

@@ -56,7 +56,7 @@ def method_styles(results: str | Path) -> dict[str, tuple[Any, str]]:
     """Label -> (colour, marker), assigned over every label in the results folder (oracle variants included)."""
     import matplotlib
 
-    labels = sorted({r.label for r in iter_records(results)})
+    labels = sorted({r.display_label for r in iter_records(results)})
     labels += [f"{lb} (oracle)" for lb in labels]
     cmap = matplotlib.colormaps["tab10" if len(labels) <= 20 else "tab20"]
     return {lb: (cmap(i % cmap.N), MARKERS[i % len(MARKERS)]) for i, lb in enumerate(sorted(set(labels)))}
@@ -223,7 +223,7 @@ def curves(out: str | Path, run: str, results: str | Path = "results") -> Path:
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("%")
     ax2.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-    fig.suptitle(printable(f"{rec.label}: dataset {rec.dataset}, protocol {rec.shift}, domain {rec.domain}, "
+    fig.suptitle(printable(f"{rec.display_label}: dataset {rec.dataset}, protocol {rec.shift}, domain {rec.domain}, "
                            f"backbone {rec.backbone}, seed {rec.seed}"))
     fig.tight_layout()
     return _save(fig, out)

@@ -64,7 +64,9 @@ def _filter(rows: list[dict[str, Any]], filters: dict[str, str | None], strict: 
             return any(fnmatch.fnmatchcase(str(v), p) for p in pats)
 
         # a method's name also selects all of its variants
-        kept = [r for r in rows if matches(r[col]) or (col == "method" and matches(r["method_name"]))]
+        # a method filter matches the shown name, the registered name and the registered label
+        kept = [r for r in rows if matches(r[col]) or (col == "method" and (matches(r["method_name"])
+                                                                           or matches(r.get("label", ""))))]
         if not kept and strict:
             present = values(rows, col)
             raise UeobenchError(f"no records match {col} '{pattern}'" + (f" (have: {', '.join(present)})" if present else ""))
@@ -153,9 +155,9 @@ def build_tables(req: TableRequest) -> list[Table]:
             t = _metrics_as_columns(t)
         t.meta["group"] = {AXIS_ALIASES_OUT.get(a, a): str(v) for a, v in zip(group_axes, key)}
         t.meta["variant"] = {v: str(part[0][v]) for v in _variant_axes(metrics)}
-        group_of = {a: v for a, v in zip(group_axes, key) if a in AXES}
-        t.meta["other_code_left_out"] = len({r["run_id"] for r in left
-                                             if all(str(r[a]) == v for a, v in group_of.items())})
+        held = {a: set(values(part, a)) for a in ("dataset", "shift", "backbone") if a not in (rows, cols)}
+        t.meta["other_code_left_out"] = len({r["run_id"] for r in left  # only those that would be in this table
+                                             if all(str(r[a]) in v for a, v in held.items())})
         t.meta["unreadable_left_out"] = len(frame.unreadable)
         t.meta["recomputed"] = any(r["recomputed"] for r in part)
         if req.reference:

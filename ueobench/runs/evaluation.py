@@ -144,7 +144,10 @@ class Evaluator:
     def extras(self, split: str) -> dict[str, np.ndarray]:
         """The evidence of the run's score and the method's own extra outputs for a split, in list order."""
         out: dict[str, np.ndarray] = {}
-        if self.method.extras:
+        online = self.method.online_extra_outputs() if split == "target" and self.method.extras else None
+        if online is not None:
+            out.update({k: np.asarray(v, dtype=np.float32) for k, v in online.items()})
+        elif self.method.extras:
             feats = torch.from_numpy(self._split_features(split, "global")).to(self.device)
             parts: dict[str, list[np.ndarray]] = {}
             for i in range(0, len(feats), self.eval_batch_size):

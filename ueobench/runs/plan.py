@@ -45,6 +45,7 @@ class PlannedRun:
     code: dict[str, Any]  # the method's code fingerprint with each file's hash, for the record
     label: str
     options_changed: dict[str, Any]
+    display_label: str = ""
 
     @property
     def run_id(self) -> str:
@@ -84,7 +85,7 @@ class Planner:
             protocol_checksum=proto.checksum, data_checksum=data.checksum,
         )
         return PlannedRun(plan, req, method.cls, method.options, proto, sd, backbone.spec, method.code, method.label,
-                          method.changed)
+                          method.changed, method.display_label)
 
 
 def plan_run(req: RunRequest, progress: Any = None) -> PlannedRun:

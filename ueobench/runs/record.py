@@ -48,6 +48,8 @@ def record_document(planned: PlannedRun, session: Session, history: list[Any], m
         "method": {
             "name": method.name,
             "label": planned.label,
+            "display_label": planned.display_label or planned.label,
+            "module": type(method).__module__,
             "options": plan.options,
             "options_changed": planned.options_changed,
             "dataset_defaults": type(method).dataset_defaults.get(proto.name, {}),

@@ -15,7 +15,7 @@ from typing import Any
 from ..core.progress import make_progress
 from ..store.claims import claim_or_reuse
 from ..store.layout import run_dir
-from ..store.records import RunRecord, record_failure, write_run
+from ..store.records import RunRecord, record_failure, store_sources, write_run
 from .plan import PlannedRun, plan_run
 from .precision import resolve_precision
 from .record import record_document
@@ -74,4 +74,5 @@ def _execute(planned: PlannedRun, progress: Any) -> RunRecord:
     t_end = time.perf_counter()
     timings = {"setup_s": t_adapt - t0, "adapt_s": t_eval - t_adapt, "eval_s": t_end - t_eval, "total_s": t_end - t0}
     doc = record_document(planned, session, history, metrics, timings)
+    store_sources(planned.request.results, planned.code)  # before the record that names them
     return write_run(planned.request.results, planned.run_id, doc, preds, force=planned.request.force)

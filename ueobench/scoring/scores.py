@@ -36,6 +36,8 @@ EXTRAS: dict[str, str] = {
     "local_mcm": "the local (patch) term of GL-MCM, max over patches and classes of softmax(local cosines / T), "
     "T = 1; saved by runs made with --score glmcm (or glmcm:LAMBDA) or --score lmcm on a ViT or CLIP ResNet",
     "no_cos": "cosines with CLIPN's 'no' text encoder; saved by method clipn on a CLIPN checkpoint",
+    "own_score": "a method's own per-image OOD score (higher = known), for methods that define one; saved by "
+    "those methods (ueobench show method NAME says whether it has one)",
 }
 
 
@@ -145,6 +147,12 @@ def glmcm(cos: np.ndarray, logit_scale: float, extras, lambda_local: float = GLM
                 "features)", needs=("local_mcm",))
 def lmcm(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
     return np.asarray(extras["local_mcm"], np.float64)
+
+
+@register_score("own", "the method's own", "the method's own OOD score (higher = known), for methods that define one "
+                "(a noise detector's clean probability, say); needs their saved own_score", needs=("own_score",))
+def own(cos: np.ndarray, logit_scale: float, extras) -> np.ndarray:
+    return np.asarray(extras["own_score"], np.float64)
 
 
 def clipn_yes_probability(cos: np.ndarray, no_cos: np.ndarray) -> np.ndarray:

@@ -5,6 +5,8 @@
     <results>/claims/<run id>.lock                          claims: an exclusive lock while a run executes
     <results>/sweeps/<key>.json                             saved sweep plans (what ``status`` reports)
     <results>/submitit/<job id>/                            submitit's job folders (SLURM logs)
+    <results>/code/<sha256>.py                              the source of every file a stored run's code ran,
+                                                            by content (read back with show run ID --code)
 """
 from __future__ import annotations
 
@@ -48,3 +50,11 @@ def sweep_path(results: str | Path, key: str) -> Path:
 
 def submitit_dir(results: str | Path) -> Path:
     return Path(results) / "submitit"
+
+
+def code_dir(results: str | Path) -> Path:
+    return Path(results) / "code"
+
+
+def code_path(results: str | Path, sha256: str) -> Path:
+    return code_dir(results) / f"{sha256}.py"

@@ -42,10 +42,10 @@ import numpy as np
 
 from ..core.errors import UeobenchError
 from ..core.faults import failpoint
-from ..core.files import atomic_write_text, fsync_dir, share_like_the_umask
+from ..core.files import atomic_write_bytes, atomic_write_text, fsync_dir, share_like_the_umask
 from ..core.hashing import canonical_json
 from ..scoring.scores import DEFAULT_RULE
-from .layout import PREDICTIONS, RECORD, failure_path, run_dir, runs_dir
+from .layout import PREDICTIONS, RECORD, code_dir, code_path, failure_path, run_dir, runs_dir
 
 SCHEMA_VERSION = 2
 SPLITS = ("test", "target")
@@ -67,7 +67,8 @@ class RunRecord:
     backbone: str
     seed: int
     method: str
-    label: str
+    label: str  # the registered name with the options that differ from the defaults (stable, for filters)
+    display_label: str  # how tables and figures show it (the method's display name)
     options: dict[str, Any]
     oracle: bool
     code: dict[str, Any] | None  # None for schema-1 records (no code fingerprint)
@@ -138,6 +139,7 @@ def parse_record(doc: Any, path: Path | None = None) -> RunRecord:
     history = doc.get("history", [])
     return RunRecord(
         run_id=_field(doc, "run_id", str, where), schema=schema, seed=seed, label=label, options=options,
+        display_label=method["display_label"] if schema >= 2 and isinstance(method.get("display_label"), str) else label,
         oracle=bool(method.get("oracle", False)), code=code, metrics=_metrics(doc.get("metrics"), where),
         num_known=num_known if isinstance(num_known, int) and not isinstance(num_known, bool) else None,
         score=str(ev.get("score", "mcm")), rule=str(ev.get("hscore_rule", DEFAULT_RULE)),
@@ -253,6 +255,39 @@ def read_record(folder: Path) -> RunRecord:
     except RecursionError:
         raise RecordError(f"{folder / RECORD}: nested too deeply") from None
     return parse_record(doc, folder)
+
+
+def store_sources(results: str | Path, code: dict[str, Any]) -> None:
+    """Keep the source of every file a run's code fingerprint names, by content, so that any stored run's code
+    can be read back after it was edited or deleted (files already kept are not written again)."""
+    for f in (code.get("files") or {}).values():
+        target = code_path(results, f["sha256"])
+        if target.is_file():
+            continue
+        try:
+            data = Path(f["file"]).read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() != f["sha256"]:
+            continue  # edited since it was fingerprinted: the bytes that ran are not these
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
+
+
+def stored_source(results: str | Path, rec: "RunRecord", module: str | None = None) -> tuple[str, str]:
+    """(module, source) of a stored run's method module (or of ``module``) as it was when the run was made."""
+    files = (rec.code or {}).get("files") or {}
+    module = module or rec.raw.get("method", {}).get("module") or next(
+        (m for m in files if m.startswith(("ueobench.methods.", "ueobench_plugins."))), None)
+    if module not in files:
+        raise UeobenchError(f"run {rec.run_id} names no source file for module '{module}' (it has: "
+                            f"{', '.join(sorted(files)) or 'none'})")
+    path = code_path(results, files[module]["sha256"])
+    try:
+        return module, path.read_text(encoding="utf-8")
+    except OSError:
+        raise UeobenchError(f"the source of {module} for run {rec.run_id} is not in {code_dir(results)} (runs made "
+                            f"before ueobench 0.3 did not keep it)") from None
 
 
 def _readable(folder: Path) -> bool:

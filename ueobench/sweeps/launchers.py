@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import UeobenchError
+from ..core.text import printable
 from ..runs.request import RunRequest
 from ..store.claims import state
 from ..store.layout import failure_path, run_dir, submitit_dir
@@ -48,12 +49,15 @@ def _finished_line(results: str | Path, name: str, what: str, i: int, n: int) ->
 
 
 def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, force: bool, progress=None,
-              echo=None) -> dict[str, int]:
+              echo=None, work: dict[str, float] | None = None) -> dict[str, int]:
+    """Every job in this process, one after another. Progress counts ``work`` (each run's estimated images
+    through the image tower), so that the ETA is not that of the cheap runs that happen to finish first."""
     outcome: dict[str, int] = {}
     states = {} if force else {x: state(req.results, x) for req, x in zip(jobs, names)}
     todo = _to_run(names, states, retry_failed, force)
-    task = progress.add_task(_sweep_label("sweep", len(names) - len(todo)), total=len(todo)) if progress is not None \
-        else None
+    work = work or {}
+    task = progress.add_task(_sweep_label("sweep", len(names) - len(todo), len(todo)),
+                             total=sum(work.get(x, 1.0) for x in todo)) if progress is not None else None
     from ..runs.plan import Planner
 
     planner = Planner()
@@ -63,7 +67,7 @@ def run_local(jobs: list[RunRequest], names: list[str], retry_failed: bool, forc
         if echo is not None:
             echo(_finished_line(req.results, name, what, i, len(jobs)))
         if task is not None and name in todo:
-            progress.advance(task)
+            progress.advance(task, work.get(name, 1.0))
     return outcome
 
 
@@ -77,12 +81,13 @@ def _to_run(names: list[str], states: dict[str, str], retry_failed: bool, force:
     return {x for x in names if states.get(x) not in settled}
 
 
-def _sweep_label(label: str, settled: int) -> str:
+def _sweep_label(label: str, settled: int, runs: int) -> str:
+    label = f"{label}, {runs} runs to do (progress in estimated images processed)"
     return f"{label}, {settled} already settled" if settled else label
 
 
 def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names: list[str], results: str,
-                progress=None, echo=None) -> list[int]:
+                progress=None, echo=None, work: dict[str, float] | None = None) -> list[int]:
     """N worker processes over one plan (never more than there are runs to do); on GPUs each is pinned to one
     device via CUDA_VISIBLE_DEVICES. The workers end with the sweep: SIGTERM, SIGINT and SIGHUP are passed on
     to them, and interrupted runs are simply not done (the next sweep redoes them)."""
@@ -115,8 +120,9 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
         raise SweepInterrupted(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    task = progress.add_task(_sweep_label(f"sweep ({n} workers)", len(names) - len(todo)), total=len(todo)) \
-        if progress is not None else None
+    work = work or {}
+    task = progress.add_task(_sweep_label(f"sweep ({n} workers)", len(names) - len(todo), len(todo)),
+                             total=sum(work.get(x, 1.0) for x in todo)) if progress is not None else None
     reported: set[str] = set()
     try:
         while True:
@@ -129,7 +135,7 @@ def run_workers(plan_path: Path, n: int, retry_failed: bool, force: bool, names:
                         what = settled.get(before.get(x, ""), st)
                         echo(_finished_line(results, x, what, len(reported), len(names)))
             if task is not None:
-                progress.update(task, completed=len(reported & todo))
+                progress.update(task, completed=sum(work.get(x, 1.0) for x in reported & todo))
             if not alive:
                 break
             time.sleep(1.0)
@@ -172,10 +178,14 @@ def _submitit_job(req_dict: dict[str, Any], name: str, retry_failed: bool, force
     for folder in plugins:
         add_plugin_folder(folder)
     req = RunRequest(**req_dict)
+
+    def log(line: str) -> None:  # always, even with progress silenced: the task's log says what it did
+        print(printable(line), file=sys.stderr, flush=True)
+
+    log(f"ueobench: run {name}")
     with make_progress() as progress:
-        progress.log(f"ueobench: run {name}")
         what = run_job(req, name, retry_failed, force, progress=progress)
-        progress.log(_finished_line(req.results, name, what, 1, 1))
+    log(_finished_line(req.results, name, what, 1, 1))
     if what == "failed":
         raise UeobenchError(f"run {name} failed: {failure_reason(req.results, name)}")
     return what
@@ -217,10 +227,12 @@ def run_submitit(jobs: list[RunRequest], names: list[str], retry_failed: bool, f
 # ------------------------------------------------------------------------------------------ the table
 
 
-def _local(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_path: Path, progress, echo) -> Launched:
+def _local(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_path: Path, progress, echo,
+           work=None) -> Launched:
     if req.workers <= 1:
-        return Launched(run_local(jobs, names, req.retry_failed, req.force, progress, echo))
-    codes = run_workers(plan_path, req.workers, req.retry_failed, req.force, names, req.spec.results, progress, echo)
+        return Launched(run_local(jobs, names, req.retry_failed, req.force, progress, echo, work))
+    codes = run_workers(plan_path, req.workers, req.retry_failed, req.force, names, req.spec.results, progress, echo,
+                        work)
     return Launched(workers_failed=sum(c != 0 for c in codes))
 
 
@@ -238,14 +250,15 @@ def slurm_gpus(req: SweepRequest) -> int:
     return 1 if torch.cuda.is_available() else 0
 
 
-def _slurm(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_path: Path, progress, echo) -> Launched:
+def _slurm(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_path: Path, progress, echo,
+           work=None) -> Launched:
     options = {**asdict(req.slurm), "gpus": slurm_gpus(req)}
     ids = run_submitit(jobs, names, req.retry_failed, req.force, "slurm", options, req.spec.plugins)
     return Launched({"submitted": len(ids)}, submitted=True, gpus=options["gpus"])
 
 
 def _submitit_local(req: SweepRequest, jobs: list[RunRequest], names: list[str], plan_path: Path, progress,
-                    echo) -> Launched:
+                    echo, work=None) -> Launched:
     done = run_submitit(jobs, names, req.retry_failed, req.force, "local", asdict(req.slurm), req.spec.plugins)
     return Launched({k: done.count(k) for k in sorted(set(done))})
 
