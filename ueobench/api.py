@@ -17,7 +17,7 @@ from .scoring.scores import DEFAULT_RULE, SCORES
 from .sweeps.spec import SweepRequest, SweepSpec
 
 __all__ = [
-    "run", "sweep", "sweep_spec", "status", "table", "plot", "records", "export", "show_protocol",
+    "run", "sweep", "sweep_spec", "status", "table", "plot", "site", "records", "export", "show_protocol",
     "describe_method", "describe_methods", "check_data", "list_methods", "list_backbones", "list_datasets",
     "load_protocol", "add_plugin_folder", "get_method", "builtin_architectures", "SCORES", "plugin_folders",
     "RunRequest", "SweepRequest", "SweepSpec", "TableRequest", "PlotRequest", "ExportRequest",
@@ -150,6 +150,13 @@ def plot(request: PlotRequest | None = None, **kwargs: Any) -> Path:
     from .report.plots import plot as _plot
 
     return _plot(request if request is not None else PlotRequest(**kwargs))
+
+
+def site(request: Any = None, **kwargs: Any) -> Path:
+    """``ueobench site``: a self-contained leaderboard page (index.html and the records its cells link to)."""
+    from .report.site import SiteRequest, build_site
+
+    return build_site(request if request is not None else SiteRequest(**kwargs))
 
 
 def records(results: str = "results", code: str = "current") -> list[Any]:

@@ -20,7 +20,7 @@ def cli() -> None:
     """Benchmark unsupervised CLIP fine-tuning under category shift."""
 
 
-for command in (run.run, run.sweep, run.status, report.table, report.plot, report.export, report.reference,
+for command in (run.run, run.sweep, run.status, report.table, report.plot, report.site, report.export, report.reference,
                 inspect.list_, inspect.show, inspect.data, inspect.pretrain):
     cli.add_command(command)
 

@@ -61,6 +61,22 @@ def plot(kind: str, output: str, results: str, metric: str, split: str, run: str
     click.echo(f"wrote {path}")
 
 
+@click.command(cls=Command)
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder of the page (index.html).")
+@click.option("--results", default="results", show_default=True)
+@click.option("--title", default="ueobench leaderboard", show_default=True)
+@click.option("--metric", "metrics", default="acc,auroc,hscore", show_default=True, help="Metrics of every cell.")
+@click.option("--reference", default=None, type=click.Path(dir_okay=False), help="CSV of reported numbers to show beside ours.")
+@click.option("--no-figures", is_flag=True, help="Leave out the ACC vs AUROC figure.")
+def site(output: str, results: str, title: str, metrics: str, reference: str | None, no_figures: bool) -> None:
+    """A self-contained leaderboard page: sortable, filterable tables whose cells link to their runs' records."""
+    from ..report.site import SiteRequest
+
+    path = api.site(SiteRequest(output, results, title, [m.strip() for m in metrics.split(",") if m.strip()],
+                                reference, not no_figures))
+    click.echo(f"wrote {path}", err=True)
+
+
 @click.group(cls=Group)
 def reference() -> None:
     """Published numbers to compare against."""

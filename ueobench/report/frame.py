@@ -100,6 +100,7 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
             row = {"dataset": rec.dataset, "shift": rec.shift, "domain": rec.domain, "backbone": rec.backbone,
                    "seed": rec.seed, "method_name": rec.method, "label": rec.label, "method": label, "split": split,
                    "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking),
+                   "folder": rec.path.name if rec.path is not None else rec.run_id,
                    "score": score or rec.score, "rule": rule or rec.rule, "recomputed": recompute,
                    "options": json.dumps(rec.options, sort_keys=True, default=str),
                    **{k: str(config.get(k)) for k in VARIANT_FIELDS}}

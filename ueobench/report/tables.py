@@ -50,6 +50,7 @@ class Table:
     meta: dict[str, Any]
     oracle_rows: set[str] = field(default_factory=set)
     citations: list[str] = field(default_factory=list)
+    runs: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (row, col) -> its runs' folders
 
 
 def _filter(rows: list[dict[str, Any]], filters: dict[str, str | None], strict: bool = True) -> list[dict[str, Any]]:
@@ -82,7 +83,8 @@ def _metrics_as_columns(t: Table) -> Table:
     cells = {(r, m, m): t.cells[(r, "", m)] for r in t.rows for m in t.metrics if (r, "", m) in t.cells}
     t.meta["cols"] = METRIC_AXIS
     t.meta["metric_columns"] = True
-    return Table(t.rows, list(t.metrics), t.metrics, cells, t.meta, t.oracle_rows, t.citations)
+    runs = {(r, m): t.runs.get((r, ""), []) for r in t.rows for m in t.metrics}
+    return Table(t.rows, list(t.metrics), t.metrics, cells, t.meta, t.oracle_rows, t.citations, runs)
 
 
 #: metrics whose value depends on the OOD score, and those that depend on the rejection rule
@@ -255,7 +257,10 @@ def _one_table(df: list[dict[str, Any]], metrics: list[str], rows: str, cols: st
     per_cell: dict[tuple[str, str, str], list[float]] = {}
     partial: set[tuple[str, str]] = set()
     domains_of = _dataset_domains(df)
+    runs: dict[tuple[str, str], set[str]] = {}
     for (r, c, _seed), group in sorted(by_seed.items(), key=lambda kv: str(kv[0])):
+        runs.setdefault((r, c), set()).update(x["folder"] for x in group)
+        runs.setdefault((r, "avg"), set()).update(x["folder"] for x in group)
         complete = {tuple(str(x[a]) for a in averaged) for x in group} >= expected[c]
         if "domain" in averaged and _fewer_domains(group, domains_of):
             partial.add((r, c))
@@ -287,7 +292,8 @@ def _one_table(df: list[dict[str, Any]], metrics: list[str], rows: str, cols: st
     meta = {"rows": rows, "cols": cols, "metrics": metrics, "split": df[0]["split"], "averaged_over": averaged,
             "seeds_expected": seeds, "score": score, "rule": rule, "error": error, "ranked": "method" in (rows, cols),
             **{a: values(df, a) for a in hidden if len(values(df, a)) == 1}}
-    return Table(row_labels, col_labels, metrics, cells, meta, oracle_rows | oracle_cols)
+    return Table(row_labels, col_labels, metrics, cells, meta, oracle_rows | oracle_cols,
+                 runs={k: sorted(v) for k, v in runs.items()})
 
 
 def _dataset_domains(df: list[dict[str, Any]]) -> dict[str, int]:
