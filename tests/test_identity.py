@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY, make_toy_tree, toy_protocol, write_image
+from test_labeled_source import SOURCE_QUICK
 from ueobench.sweeps.jobs import job_names
 from ueobench.sweeps.spec import SweepSpec, expand
 from ueobench.runs.plan import Planner
@@ -251,7 +252,8 @@ def _registered() -> list[str]:
 
 #: cheap settings for adapting once; a method missing here adapts with its defaults
 CHEAP = {"ent": {"epochs": "1"}, "im": {"epochs": "1"}, "ueo": {"epochs": "1"}, "tent": {"epochs": "1"},
-         "pouf": {"epochs": "1", "iters_per_epoch": "2"}, "upl": {"epochs": "1", "ensemble": "2"}, "tpt": {"views": "4"}}
+         "pouf": {"epochs": "1", "iters_per_epoch": "2"}, "upl": {"epochs": "1", "ensemble": "2"}, "tpt": {"views": "4"},
+         "zero": {"views": "4"}}
 
 
 @pytest.mark.parametrize("name", _registered())
@@ -264,10 +266,12 @@ def test_reset_returns_every_method_to_its_state_after_setup(name, tiny_clipn):
     from ueobench.runs.session import start
 
     backbone = tiny_clipn if "no_cos" in get_method(name).extras else TINY
+    labeled = get_method(name).track == "labeled-source"
     s = start(plan_run(RunRequest(method=name, protocol="opda", domain="clipart", backbone=backbone,
-                                  options=CHEAP.get(name, {}))))
+                                  options={**CHEAP, **SOURCE_QUICK}.get(name, {}), source="real" if labeled else None)))
     m = s.method
-    feats = s.context.image_features()[:8]
+    # from fixed features; a labeled-source method reads no target image, so its own source_val serves
+    feats = (s.context.source_features("val", m.feature_kind) if labeled else s.context.image_features())[:8]
 
     def predictions():  # from fixed features: what the method's own state (prompt, caches, head) makes of them
         with torch.no_grad():

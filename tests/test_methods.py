@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from test_labeled_source import SOURCE_QUICK
 from ueobench.runs.plan import plan_run
 from ueobench.runs.request import RunRequest
 from ueobench.runs.session import start
@@ -154,7 +155,8 @@ def test_upl_pseudo_labels_top_k_per_predicted_class():
 
 #: cheap settings per method for the end-to-end check; a method missing here runs with its defaults
 QUICK = {"ent": FAST, "im": FAST, "ueo": FAST, "tent": {"epochs": "1"}, "pouf": {"epochs": "1", "iters_per_epoch": "2"},
-         "upl": {"epochs": "1", "warmup_epochs": "0", "ensemble": "1"}, "tpt": {"views": "4"}}
+         "upl": {"epochs": "1", "warmup_epochs": "0", "ensemble": "1"}, "tpt": {"views": "4"}, "zero": {"views": "4"},
+         **SOURCE_QUICK}
 
 
 def _registered() -> list[str]:
@@ -170,10 +172,13 @@ def test_every_method_runs_end_to_end_from_the_cli_and_reruns_identically(cli, t
     extra = QUICK.get(method, {})
     sets = [a for k, v in extra.items() for a in ("--set", f"{k}={v}")]
     backbone = tiny_clipn if "no_cos" in get_method(method).extras else TINY  # CLIPN needs its own checkpoint
-    args = ("run", "--method", method, "--protocol", "oda", "--domain", "real", "--backbone", backbone, *sets)
+    labeled = get_method(method).track == "labeled-source"  # trained on a labeled source, judged on the target
+    source = ("--source", "clipart") if labeled else ()
+    args = ("run", "--method", method, "--protocol", "oda", "--domain", "real", "--backbone", backbone, *source, *sets)
     r = cli(*args)
     assert r.exit_code == 0, r.output
-    first = [ln for ln in r.output.splitlines() if "| shapes/oda/real |" in ln]
+    where = "clipart -> real" if labeled else "real"
+    first = [ln for ln in r.output.splitlines() if f"| shapes/oda/{where} |" in ln]
     assert first and first[0].startswith(method), r.output
     [d] = list(Path("results/runs").iterdir())
     preds = (d / "predictions.npz").read_bytes()

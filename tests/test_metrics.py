@@ -82,7 +82,9 @@ def test_default_score_is_mcm_at_t1():
     assert np.allclose(compute_score("energy", cos, 1.0), np.log(np.exp(cos).sum(1)))
     p = softmax(cos, 1)
     assert np.allclose(compute_score("entropy", cos, 1.0), (p * np.log(p)).sum(1), atol=1e-9)
-    assert set(SCORES.names()) == {"mcm", "msp", "energy", "maxlogit", "entropy", "glmcm", "lmcm", "ctw", "atd", "own"}
+    assert np.allclose(compute_score("scaled_energy", cos, 22.0), np.log(np.exp(22.0 * cos).sum(1)))
+    assert set(SCORES.names()) == {"mcm", "msp", "energy", "maxlogit", "entropy", "glmcm", "lmcm", "ctw", "atd", "own",
+                                  "scaled_energy"}
 
 
 def test_kmeans_rule_separates_two_entropy_groups():

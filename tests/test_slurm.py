@@ -69,7 +69,7 @@ def test_a_sweep_runs_on_slurm_as_it_runs_here(slurm, tmp_path):
 
 
 def test_a_cancelled_task_leaves_no_torn_record_and_a_resumed_sweep_redoes_it(slurm, tmp_path):
-    grid = ["sweep", "--method", "ueo", "--protocol", "oda", "--domain", "real", "--epochs", "15",
+    grid = ["sweep", "--method", "ueo", "--protocol", "oda", "--domain", "real", "--epochs", "40",
             "--set", "eval_every=0", *BASE]
     cli(slurm, *grid, "--launcher", "slurm", "--partition", "debug", cwd=tmp_path)
     claims = tmp_path / "results" / "claims"

@@ -8,6 +8,11 @@ A schedule is a function ``(step, total_steps) -> multiplier of every group's ba
 iteration (``schedule_unit="iteration"``, as UEO's per-iteration cosine) or once per epoch (``"epoch"``, as
 Dassl's schedulers in UPL). Methods with a schedule of their own pass it (POUF, UPL); the trainer knows only the
 generic ones below.
+
+Labeled-source methods train with ``data="source"``: batches come from ``context.source_loader`` and the loss
+receives ``(images, labels)``. ``select`` (a function of the current state that reads source_val only) is called
+after every epoch; the trainer keeps the trainable parameters of the first epoch with the highest value and
+restores them at the end (Dassl's ``best_val``), and the history says which epoch that was.
 """
 from __future__ import annotations
 
@@ -56,6 +61,16 @@ class TrainSpec:
     steps_per_batch: int = 1
     #: called with (images, indices) after a batch's steps (online methods that report outputs after adapting)
     on_batch_end: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    #: "target" (unlabeled adaptation data; loss(images, indices)) or "source" (the labeled source_train of a
+    #: labeled-source run; loss(images, labels))
+    data: str = "target"
+    eps: float = 1e-8  # Adam / AdamW epsilon
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None  # clip the global gradient norm (after unscaling) to this value
+    #: called after every optimiser step with (step, total steps): EMA teachers and the like
+    after_step: Callable[[int, int], None] | None = None
+    #: best-epoch selection: a score of the current state on source_val (higher is better), after every epoch
+    select: Callable[[], float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,9 +82,11 @@ def make_optimizer(spec: TrainSpec) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=spec.momentum, nesterov=spec.nesterov,
                                weight_decay=spec.weight_decay)
     if spec.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=spec.weight_decay)
+        return torch.optim.Adam(groups, lr=groups[0]["lr"], betas=spec.betas, eps=spec.eps,
+                                weight_decay=spec.weight_decay)
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=spec.betas, eps=spec.eps,
+                                 weight_decay=spec.weight_decay)
     raise UeobenchError(f"unknown optimizer '{spec.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
 
 
@@ -81,12 +98,25 @@ def schedule_of(spec: TrainSpec) -> Schedule:
     return SCHEDULES[spec.schedule]
 
 
+def selected_epoch(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch ``fit`` kept under ``select``: ``{"epoch": e, "value": v}``, or None without selection."""
+    return next((h["selected"] for h in history if "selected" in h), None)
+
+
 def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         progress: Any = None, label: str = "adapt") -> list[dict[str, Any]]:
     """Train and return the history: one entry per epoch (mean loss, learning rates, optional metrics)."""
     device = context.device
-    loader = context.make_loader(spec.transform, spec.batch_size, shuffle=True, indices=spec.indices,
-                                 drop_last=spec.drop_last)
+    if spec.data == "source":
+        if getattr(context, "source_loader", None) is None:
+            raise UeobenchError(f"{label}: data='source' needs a labeled-source run (--source)")
+        loader = context.source_loader("train", spec.transform, spec.batch_size, shuffle=True,
+                                       drop_last=spec.drop_last, indices=spec.indices)
+    elif spec.data == "target":
+        loader = context.make_loader(spec.transform, spec.batch_size, shuffle=True, indices=spec.indices,
+                                     drop_last=spec.drop_last)
+    else:
+        raise UeobenchError(f"unknown training data '{spec.data}'; use target or source")
     per_epoch = spec.iters_per_epoch or len(loader)
     if per_epoch == 0:
         raise UeobenchError(f"no training batches: {len(loader.dataset)} images at batch size {spec.batch_size}")
@@ -109,30 +139,44 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
     if spec.eval_every and context.evaluate is not None:
         history.append({"epoch": 0, "metrics": context.evaluate()})  # the starting point, from shared features
     it = 0
+    step = 0
+    params = [p for g in opt.param_groups for p in g["params"]]
+    best: tuple[float, int, list[torch.Tensor]] | None = None
     batches = iter(loader)
     for epoch in range(1, spec.epochs + 1):
         losses = []
         lrs = {g["name"]: g["lr"] for g in opt.param_groups}
         for _ in range(per_epoch):
             try:
-                images, idx = next(batches)
+                batch = next(batches)
             except StopIteration:
                 batches = iter(loader)
-                images, idx = next(batches)
+                batch = next(batches)
+            if spec.data == "source":
+                images, second = batch[0], batch[1].to(device, non_blocking=True)
+            else:
+                images, second = batch
+            idx = second
             images = images.to(device, non_blocking=True)
             for _ in range(spec.steps_per_batch):
                 with torch.autocast(device.type, dtype=dtype, enabled=amp):
-                    loss = step_loss(images, idx)
+                    loss = step_loss(images, second)
                 if not torch.isfinite(loss):
                     raise UeobenchError(f"{label}: the loss is {loss.item()} at epoch {epoch}, iteration {it + 1}; "
                                         f"lower the learning rate (--set) or check the data; the run is not "
                                         f"recorded")
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
+                if spec.grad_clip is not None:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
                 scaler.step(opt)
                 scaler.update()
                 if per_step:
                     sched.step()
+                if spec.after_step is not None:
+                    spec.after_step(step, total)
+                step += 1
                 losses.append(loss.item())
             if spec.on_batch_end is not None:
                 spec.on_batch_end(images, idx)
@@ -146,7 +190,17 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
         entry: dict[str, Any] = {"epoch": epoch, "loss": sum(losses) / len(losses), "lr": lrs}
         if spec.eval_every and epoch % spec.eval_every == 0 and epoch < spec.epochs and context.evaluate is not None:
             entry["metrics"] = context.evaluate()
+        if spec.select is not None:
+            value = float(spec.select())
+            entry["source_val"] = value
+            if best is None or value > best[0]:  # strict: the first epoch of the best value is kept
+                best = (value, epoch, [p.detach().clone() for p in params])
         history.append(entry)
+    if best is not None:
+        with torch.no_grad():
+            for p, v in zip(params, best[2]):
+                p.copy_(v)
+        history[best[1] - 1]["selected"] = {"epoch": best[1], "value": best[0], "on": "source_val"}
     if task is not None:
         progress.remove_task(task)
     return history

@@ -27,7 +27,8 @@ def list_methods(as_json: bool) -> None:
         click.echo(json.dumps(info, indent=1, sort_keys=True, default=str))
         return
     for name, m in info.items():
-        say(f"{name:<12} {m['adaptation']:<13} {m['summary']}")
+        kind = "labeled-source" if m.get("track") == "labeled-source" else m["adaptation"]
+        say(f"{name:<12} {kind:<14} {m['summary']}")
 
 
 @list_.command("backbones")
@@ -148,7 +149,9 @@ def show_method(name: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(m, indent=1, sort_keys=True, default=str))
         return
-    say(f"{m['name']} ({m['adaptation']}{', reads target labels' if m['oracle'] else ''}) from {m['origin']}", "")
+    kind = ("labeled-source: trains on --source DOMAIN, never reads target images"
+            if m.get("track") == "labeled-source" else m["adaptation"])
+    say(f"{m['name']} ({kind}{', reads target labels' if m['oracle'] else ''}) from {m['origin']}", "")
     say(*str(m["description"]).splitlines(), "")
     click.echo("options (--set KEY=VALUE):")
     for o in m["options"]:

@@ -16,7 +16,7 @@ from .common import Command, Group, check_output, emit, filters_options
 @click.option("--rows", default="method", show_default=True, help="Row axis: method, dataset, protocol, domain, backbone.")
 @click.option("--cols", default="domain", show_default=True,
               help="Column axis, or metric (one column per metric); axes not shown are averaged or split the table.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target", "source_val"]))
 @filters_options
 @click.option("--seeds", default=None, type=click.IntRange(min=1),
               help="Expected seeds per cell; cells with fewer are flagged with †.")
@@ -46,18 +46,20 @@ def table(results: str, metrics: str, rows: str, cols: str, split: str, method, 
 
 
 @click.command(cls=Command)
-@click.argument("kind", type=click.Choice(["scatter", "bars", "curves"]))
+@click.argument("kind", type=click.Choice(["scatter", "bars", "curves", "option"]))
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="A .pdf, .png or .svg file.")
 @click.option("--results", default="results", show_default=True)
-@click.option("--metric", default="acc", show_default=True, type=click.Choice(METRICS), help="For bars.")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target"]))
+@click.option("--metric", default="acc", show_default=True, type=click.Choice(METRICS), help="For bars and option.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "target", "source_val"]))
 @click.option("--run", default=None, help="For curves: a run id or a unique prefix of one.")
+@click.option("--option", "option", default=None, help="For option: the method option on the x axis (e.g. alpha).")
 @filters_options
-def plot(kind: str, output: str, results: str, metric: str, split: str, run: str | None, method, dataset, protocol,
-         domain, backbone) -> None:
-    """Plot accuracy vs AUROC (scatter), per-domain bars, or one run's training curves."""
+def plot(kind: str, output: str, results: str, metric: str, split: str, run: str | None, option: str | None, method,
+         dataset, protocol, domain, backbone) -> None:
+    """Plot accuracy vs AUROC (scatter), per-domain bars, one run's training curves, or a metric against a method
+    option swept over (option: WiSE-FT's alpha curve)."""
     filters = {"method": method, "dataset": dataset, "protocol": protocol, "domain": domain, "backbone": backbone}
-    path = api.plot(api.PlotRequest(kind, output, results, metric, split, run, filters))
+    path = api.plot(api.PlotRequest(kind, output, results, metric, split, run, filters, option))
     click.echo(f"wrote {path}")
 
 

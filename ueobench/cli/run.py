@@ -39,7 +39,8 @@ IDENTITY = [
     click.option("--score", default="mcm", show_default=True,
                  help="OOD score (ueobench list scores); glmcm also saves local features."),
     click.option("--rule", default=DEFAULT_RULE, show_default=True,
-                 help="Label-free H-score rejection rule: nent:TAU or kmeans2."),
+                 help="H-score rejection rule: nent:TAU, kmeans2, or idval:TPR (labeled-source runs: fitted on "
+                      "source_val)."),
     click.option("--precision", default="auto", show_default=True, type=click.Choice(PRECISIONS),
                  help="Autocast dtype of the forward pass (auto: fp32 on CPU, bf16 on CUDA); trainable weights stay fp32."),
 ]
@@ -71,20 +72,25 @@ def _method_options(sets: tuple[str, ...], epochs: int | None, batch_size: int |
 @click.option("--dataset", default=None, help="Dataset; needed only when several configured datasets share the domain.")
 @click.option("--backbone", default=None, help="ARCH:WEIGHTS, e.g. ViT-B-16:openai; default: the dataset's.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
+@click.option("--source", default=None, help="Labeled-source track: the domain whose labeled images (known classes) "
+              "the method trains on; the same as --domain for in-distribution numbers.")
+@click.option("--shots", default=None, type=click.IntRange(min=1),
+              help="Labeled-source track: a seeded subsample of N source images per class.")
 @_options(IDENTITY)
 @_options(EXECUTION)
-@click.option("--force", is_flag=True, help="Rerun even if an identical finished run exists.")
+@click.option("--force", is_flag=True, help="Rerun even if an identical finished run exists (a labeled-source "
+              "method's trained model is reused: it is content-addressed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: str | None, seed: int,
-        sets: tuple[str, ...], epochs: int | None, batch_size: int | None, eval_batch_size: int, score: str,
-        rule: str, precision: str, device: str, data_root: str | None, results: str, no_cache: bool,
-        loader_workers: int | None, force: bool, as_json: bool) -> None:
-    """Adapt one method on one target domain and record its metrics."""
+        source: str | None, shots: int | None, sets: tuple[str, ...], epochs: int | None, batch_size: int | None,
+        eval_batch_size: int, score: str, rule: str, precision: str, device: str, data_root: str | None,
+        results: str, no_cache: bool, loader_workers: int | None, force: bool, as_json: bool) -> None:
+    """Adapt one method on one target domain (or train it on a labeled --source) and record its metrics."""
     options = _method_options(sets, epochs, batch_size, axis=False)
     res = api.run(method=method, protocol=protocol, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
                   options=options, eval_batch_size=eval_batch_size, device=device, data_root=data_root,
                   results=results, score=score, rule=rule, loader_workers=loader_workers, force=force,
-                  cache=not no_cache, precision=precision)
+                  cache=not no_cache, precision=precision, source=source, shots=shots)
     rec = res.record
     if as_json:
         click.echo(json.dumps(rec.raw, indent=1, sort_keys=True))
@@ -92,12 +98,20 @@ def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: 
     if rec.raw.get("backbone", {}).get("random_weights"):
         click.echo("warning: random backbone weights: these numbers measure nothing but the harness", err=True)
     state = "already done, reused (pass --force to rerun)" if res.skipped else "done"
-    say(f"{rec.label} | {rec.dataset}/{rec.shift}/{rec.domain} | {rec.backbone} | seed {rec.seed}: {state}")
+    where = f"{rec.source} -> {rec.domain}" if rec.source else rec.domain
+    shots = f", {rec.shots}-shot" if rec.shots else ""
+    say(f"{rec.label} | {rec.dataset}/{rec.shift}/{where}{shots} | {rec.backbone} | seed {rec.seed}: {state}")
     say(f"record: {res.path}")
-    for split in ("test", "target"):
+    art = rec.raw.get("artifact") or {}
+    if art:
+        how = "reused" if art.get("reused") else f"trained in {float(art.get('train_s') or 0):.1f}s"
+        say(f"model: {art.get('id')} ({how})")
+    shown = [s for s in ("test", "target", "source_val") if s in rec.metrics]
+    width = max(len(s) for s in shown)
+    for split in shown:
         m = rec.metrics.get(split, {})
         parts = "  ".join(f"{k} {percent(m.get(k))}" for k in CORE_METRICS)
-        say(f"  {split:<6} {parts}   (n={int(m.get('n') or 0)}, unknown={int(m.get('n_unknown') or 0)})")
+        say(f"  {split:<{width}} {parts}   (n={int(m.get('n') or 0)}, unknown={int(m.get('n_unknown') or 0)})")
 
 
 GRID = [
@@ -106,15 +120,18 @@ GRID = [
     click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="Comma-separated datasets."),
     click.option("--seed", "seeds", default="0", show_default=True, help="Seeds: 0-2, or 0,3,5."),
     click.option("--backbone", default=None, help="Comma-separated backbones (default: each dataset's)."),
+    click.option("--source", default=None, help="Labeled-source track: comma-separated source domains, or all."),
+    click.option("--shots", default=None, help="Labeled-source track: comma-separated images per class, e.g. 1,16."),
 ]
 
 
-def _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, batch_size, eval_batch_size, score, rule,
-          precision, device="auto", data_root=None, results="results", no_cache=False, loader_workers=None):
+def _spec(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size, eval_batch_size,
+          score, rule, precision, device="auto", data_root=None, results="results", no_cache=False,
+          loader_workers=None):
     options = _method_options(sets, epochs, batch_size, axis=True)
     return api.sweep_spec(method, protocol, domain, dataset, seeds, backbone, options, device, data_root, results,
                           score=score, rule=rule, precision=precision, eval_batch_size=eval_batch_size,
-                          cache=not no_cache, loader_workers=loader_workers)
+                          cache=not no_cache, loader_workers=loader_workers, source=source, shots=shots)
 
 
 @click.command(cls=Command)
@@ -136,7 +153,7 @@ def _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, batc
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed before.")
 @click.option("--force", is_flag=True, help="Rerun finished runs too.")
 def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, backbone: str | None,
-          sets: tuple[str, ...], epochs: int | None, batch_size: int | None, eval_batch_size: int, score: str,
+          source: str | None, shots: str | None, sets: tuple[str, ...], epochs: int | None, batch_size: int | None, eval_batch_size: int, score: str,
           rule: str, precision: str, device: str, data_root: str | None, results: str, no_cache: bool,
           loader_workers: int | None, launcher: str, workers: int, partition: str | None, time_min: int,
           gpus: int | None, array_parallelism: int, sbatch: tuple[str, ...], dry_run: bool, retry_failed: bool,
@@ -148,8 +165,8 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
     from ..sweeps.launchers import SweepInterrupted
     from ..sweeps.spec import SlurmOptions, SweepRequest
 
-    spec = _spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, batch_size, eval_batch_size, score,
-                 rule, precision, device, data_root, results, no_cache, loader_workers)
+    spec = _spec(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size,
+                 eval_batch_size, score, rule, precision, device, data_root, results, no_cache, loader_workers)
     slurm = SlurmOptions(partition, time_min, gpus, array_parallelism, parse_sets(sbatch, flag="--sbatch"))
     request = SweepRequest(spec, launcher, workers, retry_failed, force, dry_run, slurm)
     resume = "finished runs are kept; rerun the same ueobench sweep command to resume"
@@ -188,12 +205,12 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
 @click.option("--results", default="results", show_default=True, help="Run store.")
 @click.option("--verbose", "-v", is_flag=True, help="List every run that is not done, with why it failed.")
 @click.option("--json", "as_json", is_flag=True, help="Every grid and the state of each run, as JSON.")
-def status(method, protocol, domain, dataset, seeds, backbone, sets, epochs, batch_size, eval_batch_size, score,
-           rule, precision, results, verbose: bool, as_json: bool) -> None:
+def status(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size,
+           eval_batch_size, score, rule, precision, results, verbose: bool, as_json: bool) -> None:
     """Done, running, failed and pending runs: of one grid (--method ...), or of every sweep saved in a results
     folder (read from the saved plans, without loading any method)."""
-    spec = (_spec(method, protocol, domain, dataset, seeds, backbone, sets, epochs, batch_size, eval_batch_size,
-                  score, rule, precision, results=results) if method else None)
+    spec = (_spec(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size,
+                  eval_batch_size, score, rule, precision, results=results) if method else None)
     grids = api.status(results, spec)
     if as_json:
         click.echo(json.dumps(grids, indent=1, sort_keys=True))

@@ -26,6 +26,7 @@ from . import settings as settings_mod
 from . import worlds
 from .protocols import DEFAULT_DATASET, Protocol, Split, list_datasets, load_protocol
 from .settings import Settings
+from .source_split import SourceData, split_source
 from .sources import (
     DomainData,
     _hf_domain,
@@ -44,7 +45,10 @@ class ShiftData:
     domain: DomainData
     adapt: list[tuple[str | int, int]]
     test: list[tuple[str | int, int]]
-    adapt_index: list[int]  # positions of ``adapt`` in ``domain.adapt`` (``test`` is all of ``domain.test``)
+    adapt_index: list[int]  # positions of ``adapt`` in ``domain.adapt``
+    test_index: list[int] | None = None  # positions of ``test`` in ``domain.test`` (None: all of it)
+    #: images left out of both splits because a labeled-source model trained on them (source == target)
+    excluded_train: int = 0
 
     @property
     def known_names(self) -> list[str]:
@@ -154,6 +158,21 @@ def apply_shift(protocol: Protocol, shift: str, data: DomainData) -> ShiftData:
     return ShiftData(protocol, split, data, adapt, test, adapt_index)
 
 
+def without_images(sd: ShiftData, refs: frozenset) -> ShiftData:
+    """The shift's splits without the images in ``refs`` (a labeled-source model's training images, when the
+    target is the source domain): in-distribution numbers are measured on images the model never trained on."""
+    adapt_index = [i for i, j in enumerate(sd.adapt_index) if sd.domain.adapt[j].ref not in refs]
+    test_index = [i for i, e in enumerate(sd.domain.test) if e.ref not in refs]
+    adapt = [sd.adapt[i] for i in adapt_index]
+    test = [sd.test[i] for i in test_index]
+    if not test:
+        raise DataError(f"dataset '{sd.protocol.name}' domain '{sd.domain.domain}': every test image is a "
+                        f"training image of the source; the domain has no held-out images to evaluate on")
+    n_out = len(sd.adapt) - len(adapt) + len(sd.test) - len(test)
+    return ShiftData(sd.protocol, sd.split, sd.domain, adapt, test, [sd.adapt_index[i] for i in adapt_index],
+                     test_index, n_out)
+
+
 
 
 def resolve_dataset(domain: str, dataset: str | None, data_root: str | None,
@@ -258,6 +277,7 @@ class DataResolver:
         self.settings = settings or settings_mod.load()
         self._domains: dict[tuple, tuple[DomainData, str]] = {}
         self._shifts: dict[tuple, ShiftData] = {}
+        self._sources: dict[tuple, SourceData] = {}
 
     def protocol(self, dataset: str | None, domain: str, data_root: str | None) -> Protocol:
         """The dataset of a request, without reading any image (so bad options can be refused first)."""
@@ -275,3 +295,17 @@ class DataResolver:
         if key + (shift,) not in self._shifts:
             self._shifts[key + (shift,)] = apply_shift(proto, shift, dd)
         return ResolvedData(proto, dd, checksum, self._shifts[key + (shift,)])
+
+    def resolve_source(self, proto: Protocol, source: str, shift: str, data_root: str | None, seed: int,
+                       shots: int | None) -> SourceData:
+        """The labeled source of a labeled-source run (``ueobench.data.source_split``)."""
+        try:
+            name = proto.domain(source).name
+        except UeobenchError as e:
+            raise UeobenchError(f"--source: {e}") from None
+        key = ("source", proto.name, name, data_root, shift, seed, shots)
+        if key not in self._sources:
+            resolved = self.resolve(proto, name, shift, data_root)
+            self._sources[key] = split_source(proto, resolved.shift.split, resolved.domain, resolved.checksum,
+                                              seed, shots)
+        return self._sources[key]

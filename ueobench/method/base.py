@@ -6,7 +6,8 @@
     m.setup(backbone, class_names, context)   # build prompts, pick what to tune
     m.trainable_parameters()                  # named groups; everything else stays frozen (the session
                                               # snapshots them here, and reset() restores the snapshot)
-    m.adapt(context) -> history               # unlabeled target data; [] for zero-shot
+    m.adapt(context) -> history               # unlabeled target data; [] for zero-shot; labeled-source
+                                              # methods train on the labeled source here instead
     m.predict(images) -> cosine similarities  # [batch, K], unscaled; scores are computed downstream
     m.reset()                                 # back to the state right after setup
 
@@ -16,6 +17,12 @@ trainable lives in the image tower (and no BatchNorm uses batch statistics), els
 with ``predict``. A method whose predictions depend on the batch says so with ``eval_batching``; one that needs
 other inputs than the eval tensor (TPT's views of the original image) supplies ``prediction_transform``; one
 that predicts online while it adapts (TENT) returns those outputs from ``online_predictions``.
+
+A *labeled-source* method (``track = "labeled-source"``: CRoFT, CaRot, linear probe, fine-tuning) has the same
+lifecycle, but its ``adapt`` trains on the labeled images of a source domain (``context.source_loader``) and
+never sees target data: the target loaders refuse it. What ``adapt`` leaves behind is an *artifact*
+(``artifact_state``), stored once per (method, source, known classes, options, seed) and loaded with
+``load_artifact_state`` by every evaluation of that model on any target and shift.
 """
 from __future__ import annotations
 
@@ -46,6 +53,14 @@ class AdaptContext:
     evaluate: Callable[[], dict[str, Any]] | None = None
     #: labels of the adaptation data; refused unless the method declares it is an oracle
     target_labels: Callable[[], Any] | None = None
+    #: labeled-source track: ``source_loader(split="train", transform=None, batch_size=32, shuffle=True,
+    #: drop_last=False)`` yields ``(images, labels, indices)`` over ``source_train`` or ``source_val`` (labels
+    #: 0..K-1, the known classes), ``source_features(split, kind="global")`` their eval-transform image features
+    #: [N, D] (shared, cached, in loader index order; kind "raw": before L2 normalisation), ``source_labels(split)`` the labels; None for unlabeled-target runs
+    source_loader: Callable[..., Any] | None = None
+    source_features: Callable[..., torch.Tensor] | None = None
+    source_labels: Callable[[str], Any] | None = None
+    num_source: dict[str, int] | None = None  # images per source split
     #: eval-transform image features of the adaptation data [N, D] (shared, cached), in ``make_loader`` index order
     image_features: Callable[[], torch.Tensor] | None = None
     progress: Any = None
@@ -67,6 +82,18 @@ class Method:
     adaptation: ClassVar[str] = "none"
     #: Reference defaults that differ per dataset, e.g. {"domainnet": {"epochs": 5}}; user overrides win.
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: "unlabeled-target" (adapts on unlabeled target images, or not at all) or "labeled-source" (trains on a
+    #: labeled source domain, never sees target data; needs ``--source``).
+    track: ClassVar[str] = "unlabeled-target"
+    #: labeled-source methods that evaluate another method's trained model (WiSE-FT evaluates fine-tuning's):
+    #: that method's name; the artifact is then trained (and identified) exactly as that method trains it
+    trains_as: ClassVar[str | None] = None
+    #: options applied after training (``finish``), outside the trained model's identity: one artifact serves
+    #: every value (WiSE-FT's alpha)
+    eval_options: ClassVar[tuple[str, ...]] = ()
+    #: the cached features ``predict_features`` takes: "global" (L2-normalised) or "raw" (before normalisation,
+    #: as CLIP's linear-probe protocol)
+    feature_kind: ClassVar[str] = "global"
     #: Kinds of per-image evidence (``ueobench.scoring.scores.EXTRAS``) that ``extra_outputs`` returns, e.g. ("no_cos",).
     extras: ClassVar[tuple[str, ...]] = ()
     #: The prompt template the method used, when it is not the dataset's (set in ``setup``); recorded.
@@ -141,6 +168,43 @@ class Method:
         forwards): what sweep progress and its ETA count, so that a long run weighs more than a zero-shot one.
         The default is one pass over each split."""
         return float(n_adapt + n_test)
+
+    def logit_scale(self) -> float | None:
+        """The logit scale of this method's classifier when it is not the backbone's (a learned temperature, as
+        after FLYP or CaRot): calibration and scaled scores read it, and the record keeps it. None: the
+        backbone's."""
+        return None
+
+    def selection(self) -> dict[str, Any]:
+        """What the method selected and on which data (best epoch on source_val, a threshold, C of a probe);
+        recorded. A method that selects anything must select it on source_val only."""
+        return {"rule": "last epoch", "on": None}
+
+    def artifact_state(self) -> dict[str, torch.Tensor]:
+        """Everything ``adapt`` changed, as named tensors (labeled-source methods: what every evaluation of the
+        trained model loads). The default: the trainable parameters, by group and position."""
+        return {f"{g}.{i}": p.detach().cpu().clone() for g, ps in self.trainable_parameters().items()
+                for i, p in enumerate(ps)}
+
+    def load_artifact_state(self, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Put the method in the state ``artifact_state`` saved (called after ``setup`` instead of ``adapt``);
+        ``meta`` is the artifact's ``extra`` (what ``artifact_meta`` returned at training time)."""
+        expected = {f"{g}.{i}": p for g, ps in self.trainable_parameters().items() for i, p in enumerate(ps)}
+        if set(expected) != set(state):
+            raise ValueError(f"artifact holds {sorted(state)[:4]}..., the method has {sorted(expected)[:4]}...")
+        with torch.no_grad():
+            for k, p in expected.items():
+                if tuple(state[k].shape) != tuple(p.shape):
+                    raise ValueError(f"artifact tensor {k} has shape {list(state[k].shape)}, expected {list(p.shape)}")
+                p.copy_(state[k].to(p.device, p.dtype))
+
+    def finish(self, context: AdaptContext) -> None:
+        """After the model is trained or loaded and its artifact saved: apply the ``eval_options`` (WiSE-FT's
+        weight interpolation). Nothing by default."""
+
+    def artifact_meta(self) -> dict[str, Any]:
+        """JSON facts a trained model needs besides tensors (a selected epoch, a threshold); saved with it."""
+        return {}
 
     def is_oracle(self) -> bool:
         """True when this configuration reads target labels; an option may turn it on (UEO's oracle weights)."""

@@ -78,7 +78,7 @@ def describe(cls: type) -> dict[str, Any]:
                         "default": f.default if f.default is not dataclasses.MISSING else None,
                         "help": meta.get("help") or helps.get(f.name, ""), **valid})
     return {"name": cls.name, "summary": doc.splitlines()[0] if doc else "", "description": doc,
-            "adaptation": cls.adaptation, "oracle": cls.uses_target_labels, "origin": METHODS.origin(cls.name),
+            "adaptation": cls.adaptation, "track": cls.track, "oracle": cls.uses_target_labels, "origin": METHODS.origin(cls.name),
             "options": options, "dataset_defaults": cls.dataset_defaults}
 
 

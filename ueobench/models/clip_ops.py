@@ -50,6 +50,11 @@ def encode_images(backbone, images: torch.Tensor) -> torch.Tensor:
     return F.normalize(backbone.model.encode_image(images.to(backbone.device)).float(), dim=-1)
 
 
+def encode_images_raw(backbone, images: torch.Tensor) -> torch.Tensor:
+    """Image embeddings before L2 normalisation, fp32 (what CLIP's linear-probe protocol fits on)."""
+    return backbone.model.encode_image(images.to(backbone.device)).float()
+
+
 def local_features_unsupported(backbone) -> str | None:
     """Why GL-MCM's local features cannot be taken from this backbone's image tower, or None when they can."""
     from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet

@@ -102,7 +102,7 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                    "oracle": rec.oracle, "run_id": rec.run_id, "lacks_evidence": bool(lacking),
                    "folder": rec.path.name if rec.path is not None else rec.run_id,
                    "score": score or rec.score, "rule": rule or rec.rule, "recomputed": recompute,
-                   "options": json.dumps(rec.options, sort_keys=True, default=str),
+                   "options": json.dumps(rec.options, sort_keys=True, default=str), "track": track_of(rec),
                    **{k: str(config.get(k)) for k in VARIANT_FIELDS}}
             if lacking:  # never fall back to another score: build_tables refuses these rows if they are selected
                 m = {}
@@ -110,7 +110,9 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
                 try:
                     extras = {k: preds[f"{split}_{k}"] for k in needs}
                     m = evaluate(preds[f"{split}_logits"], preds[f"{split}_labels"], rec.num_known,
-                                 logit_scale=scale, score=score or rec.score, rule=rule or rec.rule, extras=extras)
+                                 logit_scale=scale, score=score or rec.score,
+                                 rule=DEFAULT_RULE if split == "source_val" else rule or rec.rule, extras=extras,
+                                 reference_scores=_reference(preds, rec, score or rec.score, scale, needs))
                 except Exception as e:  # noqa: BLE001 - wrong shapes, a record without known classes, ...
                     _leave_out(rec, f"its saved predictions do not match the record ({type(e).__name__}: {e})",
                                unreadable)
@@ -125,7 +127,28 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
 
 
 #: plan fields that are neither an axis nor a seed; a cell never holds runs that differ in one of them
-VARIANT_FIELDS = ("weights", "activation", "precision", "eval_batch_size", "protocol_checksum", "data_checksum")
+VARIANT_FIELDS = ("weights", "activation", "precision", "eval_batch_size", "protocol_checksum", "data_checksum",
+                  "source_checksum")
+
+
+def track_of(rec: Any) -> str:
+    """The track a run belongs to, as tables name it: "unlabeled target", or "labeled source: product" (with
+    the few-shot size); runs of different tracks are never ranked together."""
+    if rec.source is None:
+        return "unlabeled target"
+    return f"labeled source: {rec.source}" + (f", {rec.shots}-shot" if rec.shots else "")
+
+
+def _reference(preds: dict[str, Any], rec: Any, score: str, scale: float, needs: tuple[str, ...]) -> Any:
+    """The scores of the correctly classified source_val images (labeled-source runs), recomputed with the
+    asked score; None for runs without source_val."""
+    if "source_val_logits" not in preds:
+        return None
+    from ..scoring.scores import compute_score
+
+    cos, labels = preds["source_val_logits"], preds["source_val_labels"]
+    extras = {k: preds[f"source_val_{k}"] for k in needs if f"source_val_{k}" in preds}
+    return compute_score(score, cos, scale, extras)[cos.argmax(1) == labels]
 
 
 def _standing_for(group: list[tuple[int, Any, str]], score: str | None, rule: str | None) -> list:

@@ -99,6 +99,9 @@ def plot(req: PlotRequest) -> Path:
         return curves(req.output, req.run, req.results)
     if req.kind == "scatter":
         return scatter(req.output, req.results, req.split, req.filters)
+    if req.kind == "option":
+        assert req.option is not None
+        return option_curve(req.output, req.option, req.metric, req.results, req.split, req.filters)
     return bars(req.output, req.metric, req.results, req.split, req.filters)
 
 
@@ -181,6 +184,69 @@ def bars(out: str | Path, metric: str = "acc", results: str | Path = "results", 
     fig.tight_layout()
     _legend_below(fig, list(seen.values()), [printable(x) for x in seen])
     return _save(fig, out)
+
+
+def option_curve(out: str | Path, option: str, metric: str = "acc", results: str | Path = "results",
+                 split: str = "test", filters: dict | None = None) -> Path:
+    """A metric against the value of one method option (WiSE-FT's α curve): one line per (method, domain), the
+    mean over seeds with their spread; a panel per (dataset, protocol, backbone, track). Runs that differ in
+    anything else than the seed and that option (data, weights, other options) never share a point."""
+    import json
+
+    from .frame import VARIANT_FIELDS, records_frame
+    from .tables import _filter
+
+    if metric not in METRICS:
+        raise UeobenchError(f"unknown metric '{metric}'; use one of {', '.join(METRICS)}")
+    rows = _filter([r for r in records_frame(results).rows if r["split"] == split], filters or {})
+    lines: dict[tuple, dict[float, list[float]]] = {}
+    for r in rows:
+        opts = json.loads(r["options"])
+        if option not in opts or r.get(metric) is None:
+            continue
+        try:
+            x = float(opts[option])
+        except (TypeError, ValueError):
+            raise UeobenchError(f"option '{option}' of {r['method_name']} is not a number ({opts[option]!r})") from None
+        rest = json.dumps({k: v for k, v in opts.items() if k != option}, sort_keys=True)
+        panel = (r["dataset"], r["shift"], r["backbone"], r["track"], r["score"], r["rule"])
+        line = (panel, r["method_name"], r["domain"], rest, tuple(r[k] for k in VARIANT_FIELDS))
+        lines.setdefault(line, {}).setdefault(x, []).append(r[metric])
+    lines = {k: v for k, v in lines.items() if len(v) > 1}
+    if not lines:
+        raise UeobenchError(f"no method with option '{option}' has runs at two or more of its values; sweep it "
+                            f"first, e.g. ueobench sweep --method wiseft --set {option}=0,0.5,1 ...")
+    panels = sorted({k[0] for k in lines})
+    plt = _figure()
+    fig, axes = plt.subplots(len(panels), 1, figsize=(COLUMN_WIDTH_IN, 2.2 * len(panels)), squeeze=False)
+    cmap = matplotlib_colours(len({(k[1], k[2]) for k in lines}))
+    colour_of = {key: cmap[i] for i, key in enumerate(sorted({(k[1], k[2]) for k in lines}))}
+    for ax, panel in zip(axes[:, 0], panels):
+        mine = sorted(k for k in lines if k[0] == panel)
+        many = len({k[3:] for k in mine if k[1:3] == mine[0][1:3]}) > 1
+        for i, key in enumerate(mine):
+            pts = sorted(lines[key].items())
+            xs = [p[0] for p in pts]
+            ys = [float(np.mean(v)) for _, v in pts]
+            es = [float(np.std(v)) if len(v) > 1 else 0.0 for _, v in pts]
+            label = f"{key[1]} on {key[2]}" + (f" [{i}]" if many else "")
+            ax.errorbar(xs, ys, yerr=es, marker=MARKERS[i % len(MARKERS)], ms=3, capsize=2,
+                        color=colour_of[(key[1], key[2])], label=printable(label))
+        dataset, shift, backbone, track, score, rule = panel
+        ax.set_title(printable(f"{dataset}, protocol {shift}, {backbone}, {track}, {split} split"))
+        ax.set_xlabel(printable(option))
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def matplotlib_colours(n: int) -> list[Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(max(n, 1))]
 
 
 def curves(out: str | Path, run: str, results: str | Path = "results") -> Path:

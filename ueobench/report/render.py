@@ -61,6 +61,9 @@ def caption(t: Table, second: str = "underlined") -> str:
     if any(c.partial for c in t.cells.values()):
         parts.append("‡ averaged over fewer domains than the dataset has")
     variant = m.get("variant", {})
+    track = m.get("group", {}).get("track") or variant.get("track")
+    if track and track != "unlabeled target":  # the unlabeled-target track is what a table holds unless it says
+        parts.insert(1, f"{track} (methods trained on its labeled images, never on target images)")
     said = [f"{k} {variant[k]}" for k in ("score", "rule") if k in variant]  # what AUROC and H-score mean here
     said += [f"{k.replace('_', ' ')} {variant[k]}" for k in ("precision", "eval_batch_size") if k in m.get("group", {})]
     if m.get("recomputed"):

@@ -11,6 +11,9 @@ CODE_CHOICES = ("current", "all")
 ERRORS = ("std", "se")
 
 
+PLOT_KINDS = ("scatter", "bars", "curves", "option")
+
+
 def _check_filters(filters: dict[str, str | None]) -> dict[str, str | None]:
     bad = sorted(set(filters) - set(FILTER_AXES) - {"shift"})
     if bad:
@@ -59,17 +62,20 @@ class TableRequest:
 class PlotRequest:
     """``ueobench plot``: a figure kind, where to write it, and the records it draws."""
 
-    kind: str  # scatter, bars or curves
+    kind: str  # scatter, bars, curves or option
     output: str | Path
     results: str | Path = "results"
-    metric: str = "acc"  # bars
+    metric: str = "acc"  # bars, option
     split: str = "test"
     run: str | None = None  # curves: a run id or a unique prefix
     filters: dict[str, str | None] = field(default_factory=dict)
+    option: str | None = None  # option: the method option on the x axis (WiSE-FT's alpha)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("scatter", "bars", "curves"):
-            raise UeobenchError(f"unknown plot '{self.kind}'; use scatter, bars or curves")
+        if self.kind not in PLOT_KINDS:
+            raise UeobenchError(f"unknown plot '{self.kind}'; use {', '.join(PLOT_KINDS)}")
+        if self.kind == "option" and not self.option:
+            raise UeobenchError("plot option needs --option NAME (a method option swept over, e.g. alpha)")
         self.filters = _check_filters(dict(self.filters))
 
 

@@ -88,7 +88,7 @@ def _metrics_as_columns(t: Table) -> Table:
 
 
 #: metrics whose value depends on the OOD score, and those that depend on the rejection rule
-SCORE_METRICS = frozenset({"auroc", "fpr95", "aupr_in", "aupr_out"})
+SCORE_METRICS = frozenset({"auroc", "fpr95", "aupr_in", "aupr_out", "auroc_idval", "fpr95_idval"})
 RULE_METRICS = frozenset({"hscore", "os_star", "unknown_recall"})
 
 
@@ -170,7 +170,7 @@ def build_tables(req: TableRequest) -> list[Table]:
 
 def _variant_axes(metrics: list[str]) -> list[str]:
     """Settings no axis shows that change the numbers of these metrics: each value gets a table of its own."""
-    out = ["precision", "eval_batch_size"]
+    out = ["track", "precision", "eval_batch_size"]
     if SCORE_METRICS & set(metrics):
         out.insert(0, "score")
     if RULE_METRICS & set(metrics):
@@ -218,6 +218,8 @@ def _disambiguate(df: list[dict[str, Any]]) -> list[dict[str, Any]]:
     versions: dict[tuple[str, str], dict[str, list[str]]] = {}
     for r in out:
         versions.setdefault((r["dataset"], r["domain"]), {}).setdefault(r["data_checksum"], []).append(r["run_id"])
+        if r["source_checksum"] != "None":  # the images a labeled-source model trained on are data too
+            versions.setdefault((r["dataset"], r["track"]), {}).setdefault(r["source_checksum"], []).append(r["run_id"])
     for (dataset, domain), by in sorted(versions.items()):
         if len(by) > 1:
             listed = "; ".join(f"{_short(v)} ({len(set(ids))} runs, e.g. {sorted(ids)[0]})" for v, ids in sorted(by.items()))

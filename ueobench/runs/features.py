@@ -28,7 +28,7 @@ from ..core.content import content_hashes
 from ..core.hashing import canonical_json
 from ..core.paths import cache_root
 from ..data.loader import ImageDataset
-from ..models.clip_ops import encode_images, encode_local
+from ..models.clip_ops import encode_images, encode_images_raw, encode_local
 
 FEATURE_VERSION = 2
 
@@ -86,8 +86,9 @@ class FeatureStore:
 
     def features(self, refs: Sequence[str | int], kind: str = "global") -> np.ndarray:
         """L2-normalised embeddings from memory, disk, or one pass over the images: ``global`` [len(refs), D]
-        float32, or ``local`` [len(refs), patches, D] float16 (GL-MCM's patch features, ViT only)."""
-        if kind not in ("global", "local"):
+        float32, ``raw`` the same before normalisation (linear probes), or ``local`` [len(refs), patches, D]
+        float16 (GL-MCM's patch features)."""
+        if kind not in ("global", "local", "raw"):
             raise ValueError(f"unknown feature kind {kind!r}")
         key = self._key(refs, kind)
         kid = hashlib.sha256(canonical_json(key).encode()).hexdigest()[:24]
@@ -147,12 +148,14 @@ class FeatureStore:
         # must leave the random stream of the rest of the run exactly as a miss does
         loader = torch.utils.data.DataLoader(ImageDataset(items, self.opener, self.transform), batch_size=self.batch_size,
                                              generator=torch.Generator())
-        what = "encoding images" if kind == "global" else "encoding local features"
+        what = {"global": "encoding images", "raw": "encoding images (raw)"}.get(kind, "encoding local features")
         task = self.progress.add_task(what, total=len(items)) if self.progress is not None else None
         out = []
         for images, _, _ in loader:
             if kind == "global":
                 out.append(encode_images(self.backbone, images.to(self.device)).cpu())
+            elif kind == "raw":
+                out.append(encode_images_raw(self.backbone, images.to(self.device)).cpu())
             else:  # half precision on disk: a ViT-B/16 domain of 4,000 images is 196 patches x 512 each
                 out.append(encode_local(self.backbone, images.to(self.device)).half().cpu())
             if task is not None:
@@ -161,4 +164,4 @@ class FeatureStore:
             self.progress.remove_task(task)
         self.stats["images_encoded"] += len(items)
         feats = torch.cat(out).numpy()
-        return feats.astype(np.float32) if kind == "global" else feats
+        return feats.astype(np.float32) if kind in ("global", "raw") else feats

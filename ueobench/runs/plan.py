@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.errors import UeobenchError
-from ..data.dataset import DataResolver, ShiftData
+from ..data.dataset import DataResolver, ShiftData, without_images
+from ..data.source_split import SOURCE_VAL_RULE, SourceData
 from ..data.protocols import Protocol
 from ..method.registry import MethodResolver, get_method
 from ..models.backbones import BackboneSpec, ResolvedBackbone, resolve_backbone
-from ..scoring.scores import canonical_rule, canonical_score, check_request
-from .request import PRECISIONS, RunPlan, RunRequest
+from ..scoring.scores import canonical_rule, canonical_score, check_request, rule_needs_source
+from .request import PRECISIONS, ArtifactPlan, RunPlan, RunRequest
 
 __all__ = ["Planner", "PlannedRun", "RunPlan", "RunRequest", "plan_run"]
 
@@ -46,6 +47,8 @@ class PlannedRun:
     label: str
     options_changed: dict[str, Any]
     display_label: str = ""
+    source_data: SourceData | None = None  # labeled-source track: the source's train/val images
+    artifact: ArtifactPlan | None = None  # what training computes (labeled-source methods), shared across targets
 
     @property
     def run_id(self) -> str:
@@ -68,6 +71,7 @@ class Planner:
     def plan(self, req: RunRequest) -> PlannedRun:
         """Resolve names, options and data (no model is loaded, no device is touched)."""
         method_cls = get_method(req.method)
+        check_track(method_cls, req)
         check_request(req.score, req.rule, method_cls.name, method_cls.extras)
         if req.precision not in PRECISIONS:
             raise UeobenchError(f"unknown precision '{req.precision}'; use one of {', '.join(PRECISIONS)}")
@@ -77,15 +81,73 @@ class Planner:
         backbone = self.backbone(req.backbone or proto.default_backbone)
         data = self.data.resolve(proto, req.domain, req.protocol, req.data_root)
         sd = data.shift
+        source = None
+        if req.source is not None:
+            source = self.data.resolve_source(proto, req.source, req.protocol, req.data_root, req.seed, req.shots)
+            if source.domain.domain == sd.domain.domain:
+                sd = without_images(sd, source.train_refs)
+        artifact = None
+        if method_cls.track == "labeled-source":
+            assert source is not None
+            trainer = self._trainer(method, req, proto.name)
+            artifact = ArtifactPlan(
+                dataset=proto.name, source=source.domain.domain, source_checksum=source.checksum,
+                known=tuple(sd.known_names), shots=req.shots, source_val=SOURCE_VAL_RULE, backbone=backbone.spec.name,
+                activation=backbone.activation, weights=backbone.weights, method=trainer.cls.name,
+                options=trainer.resolved, method_code=trainer.code["fingerprint"], seed=req.seed,
+                precision=req.precision, eval_batch_size=req.eval_batch_size, protocol_checksum=proto.checksum)
         plan = RunPlan(
             dataset=proto.name, shift=sd.split.shift, domain=sd.domain.domain, backbone=backbone.spec.name,
             activation=backbone.activation, weights=backbone.weights, method=method.cls.name, options=method.resolved,
             method_code=method.code["fingerprint"], seed=req.seed, precision=req.precision,
             eval_batch_size=req.eval_batch_size, score=canonical_score(req.score), rule=canonical_rule(req.rule),
             protocol_checksum=proto.checksum, data_checksum=data.checksum,
+            source=None if source is None else source.domain.domain,
+            source_checksum=None if source is None else source.checksum, shots=req.shots,
+            artifact=None if artifact is None else artifact.artifact_id,
         )
         return PlannedRun(plan, req, method.cls, method.options, proto, sd, backbone.spec, method.code, method.label,
-                          method.changed, method.display_label)
+                          method.changed, method.display_label, source, artifact)
+
+
+    def _trainer(self, method: Any, req: RunRequest, dataset: str) -> Any:
+        """The method (and options) whose training produces this method's model: itself without its
+        ``eval_options``, or the method it ``trains_as`` (so that WiSE-FT at any alpha shares fine-tuning's)."""
+        cls = method.cls
+        keep = {k: v for k, v in req.options.items() if k not in cls.eval_options}
+        if cls.trains_as is None:
+            if not cls.eval_options:
+                return method
+            return self.methods.resolve(cls.name, keep, dataset)
+        base = get_method(cls.trains_as)
+        if base.track != "labeled-source" or base.eval_options or base.trains_as:
+            raise UeobenchError(f"method '{cls.name}' trains as '{cls.trains_as}', which is not a plain "
+                                f"labeled-source method")
+        same = ("setup", "trainable_parameters", "adapt", "artifact_state", "artifact_meta", "selection")
+        differ = [h for h in same if getattr(cls, h) is not getattr(base, h)]
+        if not issubclass(cls, base) or differ:  # else the shared model would depend on who trained it first
+            raise UeobenchError(f"method '{cls.name}' trains as '{cls.trains_as}' but is not a subclass that "
+                                f"trains as it does (it overrides {', '.join(differ) or 'the class'})")
+        return self.methods.resolve(cls.trains_as, keep, dataset)
+
+
+def check_track(method_cls: type, req: RunRequest) -> None:
+    """Refuse a request that mixes the tracks: a labeled-source method without ``--source``, an adapting
+    unlabeled-target method with one, ``--shots`` without a source, a source_val rule without source_val."""
+    name, track = method_cls.name, method_cls.track
+    if track == "labeled-source" and req.source is None:
+        raise UeobenchError(f"method '{name}' trains on labeled source images: pass --source DOMAIN (the domain "
+                            f"to train on; the same as --domain for in-distribution numbers)")
+    if req.source is not None and track != "labeled-source" and method_cls.adaptation != "none":
+        raise UeobenchError(f"method '{name}' adapts on unlabeled target data and reads no labeled source; drop "
+                            f"--source (ueobench list methods shows the labeled-source methods)")
+    if req.shots is not None and req.source is None:
+        raise UeobenchError("--shots subsamples the labeled source: use it with --source")
+    if req.shots is not None and track != "labeled-source":
+        raise UeobenchError(f"method '{name}' reads no labeled source; drop --shots")
+    if rule_needs_source(req.rule) and track != "labeled-source":
+        raise UeobenchError(f"rule '{req.rule}' fits its threshold on source_val, which only labeled-source runs "
+                            f"have; use nent:0.5 or kmeans2")
 
 
 def plan_run(req: RunRequest, progress: Any = None) -> PlannedRun:

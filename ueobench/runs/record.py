@@ -33,7 +33,7 @@ def json_safe(obj: Any) -> Any:
 
 
 def record_document(planned: PlannedRun, session: Session, history: list[Any], metrics: dict[str, Any],
-                    timings: dict[str, float]) -> dict[str, Any]:
+                    timings: dict[str, float], artifact: dict[str, Any] | None = None) -> dict[str, Any]:
     req, plan = planned.request, planned.plan
     method, backbone, groups, device = session.method, session.backbone, session.groups, session.device
     sd, proto = planned.shift_data, planned.protocol
@@ -57,10 +57,15 @@ def record_document(planned: PlannedRun, session: Session, history: list[Any], m
             "uses_target_labels": method.is_oracle(),
             "oracle": method.is_oracle(),
             "adaptation": method.adaptation,
-            "selection": "last epoch (no label-based selection)",
+            "track": type(method).track,
+            "uses_source_labels": artifact is not None,
+            "selection": artifact["selection"] if artifact is not None else "last epoch (no label-based selection)",
             "info": json_safe(method.info()),
         },
         "history": json_safe(history),
+        "source": None if planned.source_data is None else {
+            **planned.source_data.summary(), "read": artifact is not None},
+        "artifact": artifact,
         "protocol": {
             "dataset": proto.name,
             "shift": s.shift,
@@ -80,12 +85,14 @@ def record_document(planned: PlannedRun, session: Session, history: list[Any], m
             "n_adapt": len(sd.adapt),
             "n_test": len(sd.test),
             "skipped": sd.domain.skipped,
+            "excluded_source_train": sd.excluded_train,
         },
         "backbone": backbone.info,
         "evaluation": {"score": plan.score, "score_temperature": score_of(plan.score).temperature,
-                       "hscore_rule": plan.rule, "logit_scale": backbone.logit_scale,
+                       "hscore_rule": plan.rule, "logit_scale": session.evaluator.logit_scale,
+                       "backbone_logit_scale": backbone.logit_scale,
                        "predictions": session.evaluator.paths,
-                       "splits": {"test": "held-out test split (all classes)", "target": "the unlabeled adaptation data"}},
+                       "splits": _split_doc(planned)},
         "seed": plan.seed,
         "metrics": metrics,
         "trainable_parameters": sum(p.numel() for ps in groups.values() for p in ps),
@@ -96,3 +103,16 @@ def record_document(planned: PlannedRun, session: Session, history: list[Any], m
         "peak_memory": peak_memory_mb(device),
         "environment": environment(device),
     }
+
+
+def _split_doc(planned: PlannedRun) -> dict[str, str]:
+    doc = {"test": "held-out test split (all classes)", "target": "the unlabeled adaptation data"}
+    if planned.source_data is not None:
+        doc = {"test": "the target's held-out test split (all classes)",
+               "target": "the target's adaptation list (never read by the method)"}
+        if planned.shift_data.excluded_train:
+            doc["note"] = (f"{planned.shift_data.excluded_train} images the model trained on (the target is the "
+                           f"source domain) are left out of both")
+        if planned.artifact is not None:
+            doc["source_val"] = "the held-out labeled source images (selection and the idval reference)"
+    return doc

@@ -7,18 +7,22 @@ once: the others wait for the claim and then reuse the record.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import UeobenchError
 from ..core.progress import make_progress
+from ..store.artifacts import claim_artifact, write_artifact
 from ..store.claims import claim_or_reuse
 from ..store.layout import run_dir
 from ..store.records import RunRecord, record_failure, store_sources, write_run
 from .plan import PlannedRun, plan_run
 from .precision import resolve_precision
-from .record import record_document
+from .env import environment
+from .record import json_safe, record_document
 from .request import RunRequest
 from .session import resolve_device, start
 
@@ -68,11 +72,59 @@ def _execute(planned: PlannedRun, progress: Any) -> RunRecord:
     t0 = time.perf_counter()
     session = start(planned, progress)
     t_adapt = time.perf_counter()
-    history = session.method.adapt(session.context) or []
+    artifact = None
+    if planned.artifact is not None:
+        history, artifact = _train_or_load(planned, session, progress)
+    else:
+        history = session.method.adapt(session.context) or []
     t_eval = time.perf_counter()
     metrics, preds = session.evaluate_splits()
     t_end = time.perf_counter()
     timings = {"setup_s": t_adapt - t0, "adapt_s": t_eval - t_adapt, "eval_s": t_end - t_eval, "total_s": t_end - t0}
-    doc = record_document(planned, session, history, metrics, timings)
+    doc = record_document(planned, session, history, metrics, timings, artifact)
     store_sources(planned.request.results, planned.code)  # before the record that names them
     return write_run(planned.request.results, planned.run_id, doc, preds, force=planned.request.force)
+
+
+def _train_or_load(planned: PlannedRun, session: Any, progress: Any) -> tuple[list[Any], dict[str, Any]]:
+    """A labeled-source method's trained model: loaded when its artifact exists, else trained once (under the
+    artifact's claim) and stored for every other target and shift. Returns the training history and what the
+    record says about the artifact."""
+    assert planned.artifact is not None and planned.source_data is not None
+    results, aid = planned.request.results, planned.artifact.artifact_id
+    method = session.method
+    log = getattr(progress, "log", lambda message: None)
+    with claim_artifact(results, aid) as art:
+        if art is None:
+            log(f"artifact {aid}: training on {planned.source_data.domain.domain} "
+                f"({len(planned.source_data.train)} labeled images)")
+            t0 = time.perf_counter()
+            history = method.adapt(session.context) or []
+            train_s = time.perf_counter() - t0
+            meta = {
+                "plan": planned.artifact.to_dict(),
+                "history": json_safe(history),
+                "selection": json_safe(method.selection()),
+                "extra": json_safe(method.artifact_meta()),
+                "info": json_safe(method.info()),
+                "source": planned.source_data.summary(),
+                "trained_by": planned.run_id,
+                "train_s": train_s,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "code": planned.code,
+                "environment": environment(session.device),
+                "settings": session.settings,
+            }
+            art = write_artifact(results, aid, meta, method.artifact_state())
+            reused = False
+        else:
+            method.load_artifact_state(art.load_state(), art.meta.get("extra") or {})
+            reused = True
+        if art.meta.get("plan", {}).get("method") != planned.artifact.method:  # a damaged or foreign artifact
+            raise UeobenchError(f"artifact {aid} was trained by '{art.meta.get('plan', {}).get('method')}', not "
+                                f"'{planned.artifact.method}'; remove {art.path} and rerun")
+    method.finish(session.context)
+    meta = art.meta
+    info = {"id": aid, "reused": reused, "trained_by": meta.get("trained_by"), "train_s": meta.get("train_s"),
+            "state_sha256": meta.get("state_sha256"), "selection": meta.get("selection")}
+    return list(meta.get("history") or []), info

@@ -18,7 +18,7 @@ from ..data.dataset import ShiftData
 from ..data.loader import make_loader
 from ..method.base import AdaptContext
 from ..models.backbones import load_backbone
-from .evaluation import Evaluator
+from .evaluation import EvalSplit, Evaluator
 from .features import FeatureStore, feature_cache_dir
 from .plan import PlannedRun
 from .precision import (
@@ -101,30 +101,79 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
                       indices=indices, drop_last=drop_last)
 
     method = planned.method_cls(planned.options)
+    show = None if isinstance(progress, NullProgress) else progress
+    cache = feature_cache_dir() if req.cache else None
     store = FeatureStore(backbone, sd.domain.opener, backbone.preprocess, planned.plan.eval_batch_size, device,
-                         sd.domain.content, feature_cache_dir() if req.cache else None,
-                         None if isinstance(progress, NullProgress) else progress)
+                         sd.domain.content, cache, show)
+    src = planned.source_data
+    labeled = planned.method_cls.track == "labeled-source"
 
     def target_labels() -> np.ndarray:
         if not method.is_oracle():
             raise UeobenchError(f"method '{method.name}' read target labels without declaring itself an oracle")
         return np.array([y for _, y in sd.adapt])
 
+    def no_target(*args: Any, **kwargs: Any) -> Any:
+        raise UeobenchError(f"method '{method.name}' is a labeled-source method: it trains on the labeled source "
+                            f"(context.source_loader) and never reads target images")
+
     holder: dict[str, Evaluator] = {}
     ctx = AdaptContext(
         dataset=planned.protocol.name, shift=sd.split.shift, domain=sd.domain.domain, prompt=planned.protocol.prompt,
-        device=device, seed=seed, make_loader=make_adapt_loader, num_adapt=len(sd.adapt),
-        eval_transform=backbone.preprocess, evaluate=lambda: holder["e"].metrics_now(), target_labels=target_labels,
-        image_features=lambda: torch.from_numpy(holder["e"].split_features("target")).to(device),
-        amp_dtype=autocast_dtype(precision), progress=None if isinstance(progress, NullProgress) else progress,
+        device=device, seed=seed, make_loader=no_target if labeled else make_adapt_loader, num_adapt=len(sd.adapt),
+        eval_transform=backbone.preprocess, evaluate=None if labeled else lambda: holder["e"].metrics_now(),
+        target_labels=no_target if labeled else target_labels,
+        image_features=no_target if labeled else (
+            lambda: torch.from_numpy(holder["e"].split_features("target")).to(device)),
+        amp_dtype=autocast_dtype(precision), progress=show,
     )
+    splits = {
+        "test": EvalSplit(sd.test, _cached(store, [e.ref for e in sd.domain.test], sd.test_index), loader),
+        "target": EvalSplit(sd.adapt, _cached(store, [e.ref for e in sd.domain.adapt], sd.adapt_index), loader),
+    }
+    if src is not None:
+        src_store = store if src.domain is sd.domain else FeatureStore(
+            backbone, src.domain.opener, backbone.preprocess, planned.plan.eval_batch_size, device,
+            src.domain.content, cache, show)
+
+        def src_loader(items, transform, batch_size, shuffle=False, **kw):
+            return make_loader(items, src.domain.opener, transform, batch_size, shuffle, workers, seed, pin, **kw)
+
+        parts = {"train": src.train, "val": src.val}
+
+        def source_items(split: str) -> list:
+            if split not in parts:
+                raise UeobenchError(f"unknown source split '{split}'; use train or val")
+            return parts[split]
+
+        def source_loader(split: str = "train", transform=None, batch_size: int = 32, shuffle: bool = True,
+                          drop_last: bool = False, indices=None):
+            return src_loader(source_items(split), transform or backbone.preprocess, batch_size, shuffle,
+                              indices=indices, drop_last=drop_last)
+
+        if labeled:
+            ctx.source_loader = source_loader
+            ctx.source_features = lambda split, kind="global": torch.from_numpy(
+                src_store.features([r for r, _ in source_items(split)], kind)).to(device)
+            ctx.source_labels = lambda split: np.array([y for _, y in source_items(split)], dtype=np.int64)
+            ctx.num_source = {k: len(v) for k, v in parts.items()}
+        if labeled and src.val:
+            splits["source_val"] = EvalSplit(src.val, _cached(src_store, [r for r, _ in src.val], None), src_loader)
     method.setup(backbone, sd.known_names, ctx)
     groups = method.trainable_parameters()
     freeze_all_but(backbone.model, groups)
     method.snapshot()
-    evaluator = Evaluator(method, backbone, sd, store, loader, planned.plan.eval_batch_size, device,
+    evaluator = Evaluator(method, backbone, splits, sd.split.num_known, planned.plan.eval_batch_size, device,
                           planned.plan.score, planned.plan.rule, progress)
     holder["e"] = evaluator
     settings = {**device_settings, "precision_requested": planned.plan.precision, "precision": precision,
                 "loader_workers": workers, "pin_memory": pin, "trainable_dtype": "fp32"}
     return Session(planned, device, backbone, method, ctx, evaluator, groups, store, settings)
+
+
+def _cached(store: FeatureStore, refs: list, index: list[int] | None):
+    """A split's cached features (``kind -> array`` in the split's item order) from all of a list's images."""
+    def features(kind: str = "global") -> np.ndarray:
+        f = store.features(refs, kind)
+        return f if index is None else f[index]
+    return features

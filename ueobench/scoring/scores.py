@@ -121,6 +121,12 @@ def energy(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
     return logsumexp(cos, axis=1)
 
 
+@register_score("scaled_energy", "1/logit_scale", "logsumexp(logit_scale * cos): the energy at the model's own "
+                "logit scale (CRoFT's OOD score)")
+def scaled_energy(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
+    return logsumexp(cos * logit_scale, axis=1)
+
+
 @register_score("maxlogit", "none (temperature-invariant)", "max cosine")
 def maxlogit(cos: np.ndarray, logit_scale: float, extras=None) -> np.ndarray:
     return cos.max(1)
@@ -196,6 +202,8 @@ RULES_DOC = {
     "nent:TAU": "unknown when the normalised entropy H(p)/log K of softmax(logit_scale * cos) is at least TAU "
     "(uniood uses 0.5, COCA 0.55)",
     "kmeans2": "SHOT-ODA: 2-means on the normalised entropy; the high-entropy cluster is unknown",
+    "idval:TPR": "labeled-source runs: known when the run's score is above the threshold that keeps the fraction "
+    "TPR of the correctly classified source_val images (CRoFT: idval:0.95, the 5th percentile)",
 }
 DEFAULT_RULE = "nent:0.5"
 
@@ -206,9 +214,33 @@ def normalised_entropy(cos: np.ndarray, logit_scale: float) -> np.ndarray:
     return -(p * np.log(p + 1e-12)).sum(1) / np.log(k) if k > 1 else np.zeros(len(p))
 
 
+def _idval_tpr(rule: str) -> float:
+    try:
+        tpr = float(rule[6:])
+    except ValueError:
+        tpr = float("nan")
+    if not 0.0 < tpr <= 1.0:
+        raise UeobenchError(f"bad threshold rule '{rule}': TPR is the fraction of correct source_val images kept, "
+                            f"in (0, 1], e.g. idval:0.95")
+    return tpr
+
+
 def check_rule(rule: str) -> None:
     """Validate a rejection rule's name and threshold without any data."""
+    if rule.startswith("idval:"):
+        _idval_tpr(rule)
+        return
     accept_known(np.zeros((1, 2)), 1.0, rule)
+
+
+def rule_needs_source(rule: str) -> bool:
+    """True for rules fitted on source_val (only labeled-source runs have one)."""
+    return str(rule).strip().startswith("idval:")
+
+
+def idval_threshold(reference: np.ndarray, rule: str) -> float:
+    """CRoFT's threshold: ``np.percentile`` (linear) of the reference scores at 100 * (1 - TPR)."""
+    return float(np.percentile(np.asarray(reference, np.float64), 100.0 * (1.0 - _idval_tpr(rule))))
 
 
 def canonical_rule(rule: str) -> str:
@@ -218,6 +250,8 @@ def canonical_rule(rule: str) -> str:
     check_rule(rule)
     if rule.startswith("nent:"):
         return f"nent:{float(rule[5:])!r}"
+    if rule.startswith("idval:"):
+        return f"idval:{_idval_tpr(rule)!r}"
     return rule
 
 
@@ -231,8 +265,15 @@ def check_request(score: str, rule: str, method: str, method_extras: tuple[str, 
     canonical_rule(rule)
 
 
-def accept_known(cos: np.ndarray, logit_scale: float, rule: str = DEFAULT_RULE) -> np.ndarray:
-    """Boolean mask of samples accepted as known under a label-free rule."""
+def accept_known(cos: np.ndarray, logit_scale: float, rule: str = DEFAULT_RULE, scores: np.ndarray | None = None,
+                 reference: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of samples accepted as known under a label-free rule; an ``idval`` rule compares ``scores``
+    with the threshold fitted on ``reference`` (the scores of correctly classified source_val images)."""
+    if rule.startswith("idval:"):
+        if scores is None or reference is None or not len(reference):
+            raise UeobenchError(f"rule '{rule}' fits its threshold on source_val, which only labeled-source runs "
+                                f"have (--source); use nent:0.5 or kmeans2")
+        return np.asarray(scores) > idval_threshold(reference, rule)
     ent = normalised_entropy(cos, logit_scale)
     if rule.startswith("nent:"):
         try:
@@ -250,4 +291,5 @@ def accept_known(cos: np.ndarray, logit_scale: float, rule: str = DEFAULT_RULE) 
         km = KMeans(n_clusters=2, n_init=10, random_state=0).fit(ent[:, None])
         threshold = float(km.cluster_centers_.mean())
         return ent < threshold
-    raise UeobenchError(f"unknown threshold rule '{rule}'; use nent:TAU (e.g. nent:0.5) or kmeans2")
+    raise UeobenchError(f"unknown threshold rule '{rule}'; use nent:TAU (e.g. nent:0.5), kmeans2 or idval:TPR "
+                        f"(labeled-source runs)")

@@ -5,6 +5,8 @@
     <results>/claims/<run id>.lock                          claims: an exclusive lock while a run executes
     <results>/sweeps/<key>.json                             saved sweep plans (what ``status`` reports)
     <results>/submitit/<job id>/                            submitit's job folders (SLURM logs)
+    <results>/artifacts/<artifact id>/artifact.json,        trained models of the labeled-source track (what
+                                     state.safetensors      every evaluation of one model loads)
     <results>/code/<sha256>.py                              the source of every file a stored run's code ran,
                                                             by content (read back with show run ID --code)
 """
@@ -58,3 +60,11 @@ def code_dir(results: str | Path) -> Path:
 
 def code_path(results: str | Path, sha256: str) -> Path:
     return code_dir(results) / f"{sha256}.py"
+
+
+def artifacts_dir(results: str | Path) -> Path:
+    return Path(results) / "artifacts"
+
+
+def artifact_dir(results: str | Path, artifact_id: str) -> Path:
+    return artifacts_dir(results) / artifact_id

@@ -17,7 +17,11 @@ Schema 2 (this version) of ``record.json``; every reader goes through ``RunRecor
 ``method``          ``name``, ``label`` (the leaderboard row), ``options`` (all, resolved), ``options_changed``
                     (those differing from the method's defaults for the dataset), ``code`` (fingerprint and
                     the hash of every source file), ``oracle``, ``adaptation``, ``selection``, ``info``
-``metrics``         ``{split: {metric: value or null}}`` for ``test`` and ``target``
+``metrics``         ``{split: {metric: value or null}}`` for ``test`` and ``target`` (and ``source_val`` for
+                    labeled-source runs)
+``source``          labeled-source track: the source domain, its checksum, train/val sizes, shots; null otherwise
+``artifact``        labeled-source methods: the trained model evaluated (id, reused, the run that trained it,
+                    what was selected and on what); null otherwise
 ``settings``        what the machine resolved: device, autocast dtype, TF32, loader workers, evaluation path
 ``history``         one entry per epoch, as ``adapt`` returned it
 ``protocol``, ``data``, ``backbone``, ``evaluation``, ``timings``, ``environment``: provenance
@@ -48,7 +52,7 @@ from ..scoring.scores import DEFAULT_RULE
 from .layout import PREDICTIONS, RECORD, code_dir, code_path, failure_path, run_dir, runs_dir
 
 SCHEMA_VERSION = 2
-SPLITS = ("test", "target")
+SPLITS = ("test", "target", "source_val")  # source_val: labeled-source runs only
 
 
 class RecordError(ValueError):
@@ -79,6 +83,11 @@ class RunRecord:
     history: list[Any]
     path: Path | None
     raw: dict[str, Any]
+    #: the labeled-source track: the source domain (None for unlabeled-target runs), the few-shot subsample,
+    #: and whether the method read source labels (a zero-shot reference row of the track does not)
+    source: str | None = None
+    shots: int | None = None
+    uses_source_labels: bool = False
 
     @property
     def code_fingerprint(self) -> str | None:
@@ -144,7 +153,15 @@ def parse_record(doc: Any, path: Path | None = None) -> RunRecord:
         num_known=num_known if isinstance(num_known, int) and not isinstance(num_known, bool) else None,
         score=str(ev.get("score", "mcm")), rule=str(ev.get("hscore_rule", DEFAULT_RULE)),
         history=history if isinstance(history, list) else [], path=path, raw=doc, **values,
+        source=_optional(cfg, "source", str, where), shots=_optional(cfg, "shots", int, where),
+        uses_source_labels=bool(method.get("uses_source_labels", False)),
     )
+
+
+def _optional(doc: dict[str, Any], key: str, typ: type, where: str) -> Any:
+    if doc.get(key) is None:
+        return None
+    return _field(doc, key, typ, f"{where} config")
 
 
 MIN_FREE_BYTES = 64 * 2**20

@@ -31,6 +31,19 @@ MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1000
 
 
+def parse_shots(value: str | None) -> list[int | None]:
+    """``--shots 1,16,32`` -> [1, 16, 32]; None -> [None] (every source image)."""
+    if value is None:
+        return [None]
+    try:
+        out = [int(v) for v in parse_list(value)]
+    except ValueError:
+        out = []
+    if not out or any(v < 1 for v in out):
+        raise UeobenchError(f"bad --shots '{value}'; give positive images per class, e.g. 16 or 1,16,32")
+    return list(dict.fromkeys(out))
+
+
 def parse_seeds(value: str) -> list[int]:
     """``0-2`` -> [0, 1, 2]; ``0,3,5``; or mixes of both. Seeds are integers in [0, 2**32 - 1], at most
     ``MAX_SEEDS`` of them (as ``run --seed``)."""
@@ -81,9 +94,17 @@ class SweepSpec:
     precision: str = "auto"
     cache: bool = True  # the shared image-feature cache (execution only)
     loader_workers: int | None = None  # data-loader processes per run (execution only)
+    #: labeled-source track axes: source domains (``all``: every domain of each dataset) and few-shot sizes;
+    #: [None] is the unlabeled-target track
+    sources: list[str | None] = field(default_factory=lambda: [None])
+    shots: list[int | None] = field(default_factory=lambda: [None])
 
     def key(self) -> str:
-        return hashlib.sha256(canonical_json(asdict(self)).encode()).hexdigest()[:12]
+        d = asdict(self)
+        for k in ("sources", "shots"):  # the unlabeled-target grids keep the keys they had
+            if d[k] == [None]:
+                del d[k]
+        return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:12]
 
 
 def expand(spec: SweepSpec) -> list[RunRequest]:
@@ -108,7 +129,10 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
         domains = [d.name for d in proto.domains] if spec.domains == ["all"] else [proto.domain(d).name for d in spec.domains]
         for p in spec.protocols:
             proto.split(p)
-        for backbone, method, shift, domain, seed in product(spec.backbones, spec.methods, spec.protocols, domains, spec.seeds):
+        sources = ([d.name for d in proto.domains] if spec.sources == ["all"]
+                   else [None if s is None else proto.domain(s).name for s in spec.sources])
+        grid = product(spec.backbones, spec.methods, sources, spec.shots, spec.protocols, domains, spec.seeds)
+        for backbone, method, source, shots, shift, domain, seed in grid:
             keys = [k for k in axes if k in declared[method]]
             for values in product(*(axes[k] for k in keys)):
                 jobs.append(RunRequest(
@@ -116,6 +140,7 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
                     options=dict(zip(keys, values)), eval_batch_size=spec.eval_batch_size, device=spec.device,
                     data_root=spec.data_root, results=spec.results, score=spec.score, rule=spec.rule,
                     precision=spec.precision, cache=spec.cache, loader_workers=spec.loader_workers,
+                    source=source, shots=shots,
                 ))
     if not jobs:
         raise UeobenchError("the sweep expands to no runs")
