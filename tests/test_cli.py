@@ -93,9 +93,11 @@ def test_bad_input_is_one_line_error(cli, args, message):
     assert message in lines[0]
 
 
-def test_unknown_protocol_is_rejected_by_choice(cli):
-    r = cli("run", "--method", "zeroshot", "--protocol", "opdaa", "--domain", "clipart")
-    assert r.exit_code == 2 and "'opdaa' is not one of" in r.output
+def test_unknown_protocol_is_rejected_with_the_dataset_s_protocols(cli):
+    r = cli("run", "--method", "zeroshot", "--protocol", "opdaa", "--domain", "clipart", "--dataset", "shapes")
+    assert r.exit_code == 2, r.output
+    [line] = r.output.strip().splitlines()
+    assert "unknown protocol 'opdaa'" in line and "did you mean 'opda'" in line and "cda, pda, oda, opda, csda" in line
 
 
 def test_ambiguous_domain_lists_datasets(cli, tmp_path):

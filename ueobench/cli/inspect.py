@@ -8,7 +8,6 @@ import click
 
 from .. import api
 from ..core.errors import UeobenchError
-from ..data.protocols import SHIFTS
 from ..scoring.scores import RULES_DOC
 from .common import Command, Group, say
 
@@ -88,10 +87,11 @@ def show() -> None:
 
 @show.command("protocol")
 @click.argument("dataset")
-@click.argument("shift", type=click.Choice(SHIFTS))
+@click.argument("shift")
 @click.option("--json", "as_json", is_flag=True)
 def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
-    """The classes of each role (known, target, unknown, absent) under a shift."""
+    """The classes of each role (known, target, unknown, absent) under a shift: one of cda, pda, oda, opda,
+    csda, a composition the dataset's file names, or ood:DATASET/DOMAIN@RATIO."""
     roles = api.show_protocol(dataset, shift)
     if as_json:
         click.echo(json.dumps(roles, indent=1))
@@ -102,6 +102,11 @@ def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
         names = roles[role]
         say("", f"{role} ({doc}): {len(names)}")
         click.echo("  " + (", ".join(names) if names else "(none)"))
+    comp = roles.get("composition")
+    if comp:
+        say("", f"composition on {comp['base']} (draw seed {comp['seed']}): OOD images per ID image, each split")
+        for part in comp["ood"]:
+            click.echo(f"  {part['dataset']}/{part['domain']} x{part['ratio']:g}: {', '.join(part['classes'])}")
 
 
 @show.command("run")
@@ -170,7 +175,7 @@ def data() -> None:
 @data.command("check")
 @click.option("--dataset", required=True)
 @click.option("--domain", default=None, help="One domain (default: every domain).")
-@click.option("--protocol", default="opda", show_default=True, type=click.Choice(SHIFTS), help="Shift that defines the roles.")
+@click.option("--protocol", default="opda", show_default=True, help="Shift (or composition) that defines the roles.")
 @click.option("--data-root", default=None)
 @click.option("--json", "as_json", is_flag=True)
 def data_check(dataset: str, domain: str | None, protocol: str, data_root: str | None, as_json: bool) -> None:

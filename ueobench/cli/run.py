@@ -12,7 +12,7 @@ import click
 
 from .. import api
 from ..core.errors import UeobenchError
-from ..data.protocols import DEFAULT_DATASET, SHIFTS
+from ..data.protocols import DEFAULT_DATASET
 from ..runs.request import PRECISIONS
 from ..scoring.metrics import CORE_METRICS
 from ..scoring.scores import DEFAULT_RULE
@@ -67,7 +67,9 @@ def _method_options(sets: tuple[str, ...], epochs: int | None, batch_size: int |
 
 @click.command(cls=Command)
 @click.option("--method", required=True, help="Method name (ueobench list methods).")
-@click.option("--protocol", required=True, type=click.Choice(SHIFTS), help="Category shift.")
+@click.option("--protocol", required=True, help="Category shift: cda, pda, oda, opda or csda; a composition the "
+              "dataset names (ueobench show protocol); or ood:DATASET/DOMAIN@RATIO to mix in another dataset's "
+              "images as unknowns.")
 @click.option("--domain", required=True, help="Target domain, e.g. clipart.")
 @click.option("--dataset", default=None, help="Dataset; needed only when several configured datasets share the domain.")
 @click.option("--backbone", default=None, help="ARCH:WEIGHTS, e.g. ViT-B-16:openai; default: the dataset's.")

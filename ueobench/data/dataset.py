@@ -13,6 +13,7 @@ planned on a login node has the ids its workers compute, whatever their mount po
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ from ..core.content import content_hashes
 from ..core.registry import suggest
 from . import settings as settings_mod
 from . import worlds
-from .protocols import DEFAULT_DATASET, Protocol, Split, list_datasets, load_protocol
+from .protocols import DEFAULT_DATASET, Composition, Protocol, Split, list_datasets, load_protocol
 from .settings import Settings
 from .source_split import SourceData, split_source
 from .sources import (
     DomainData,
+    Entry,
     _hf_domain,
     open_image,
     read_folder_tree,
@@ -158,6 +160,50 @@ def apply_shift(protocol: Protocol, shift: str, data: DomainData) -> ShiftData:
     return ShiftData(protocol, split, data, adapt, test, adapt_index)
 
 
+def compose(protocol: Protocol, comp: Composition, data: DomainData, checksum: str,
+            ood: list[tuple[DomainData, str]]) -> tuple[DomainData, str]:
+    """One domain with a composition's OOD images mixed in: per split, round(ratio x ID images) of each part's
+    images of its classes (seeded draw, without replacement, in list order), labelled ``num_classes + j``.
+
+    The checksum is content: the ID domain's and every OOD domain's own fingerprints (each relative to its own
+    root), the composition and the images drawn, so nothing about where either dataset lives enters it."""
+    import numpy as np
+
+    if data.source == "hf" or any(d.source == "hf" for d, _ in ood):
+        raise DataError(f"protocol '{comp.name}': compositions read image files; a Hugging Face dataset cannot "
+                        f"be mixed in yet (export it to a folder tree or image list)")
+    base = protocol.split(comp.base)
+    target = set(base.target)
+    n_id = {"adapt": sum(1 for e in data.adapt if e.label in target), "test": len(data.test)}
+    rng = np.random.default_rng(comp.seed)
+    extra: dict[str, list[Entry]] = {"adapt": [], "test": []}
+    drawn: list[dict[str, Any]] = []
+    for j, ((dd, ood_sum), part) in enumerate(zip(ood, comp.parts)):
+        other = load_protocol(part.dataset)
+        wanted = {other.classes.index(c) for c in part.classes or ()}
+        record: dict[str, Any] = {"dataset": part.dataset, "domain": part.domain, "checksum": ood_sum}
+        for role in ("adapt", "test"):
+            pool = [e for e in getattr(dd, role) if e.label in wanted]
+            need = int(round(part.ratio * n_id[role]))
+            if need > len(pool):
+                raise DataError(f"protocol '{comp.name}': {role} needs {need} OOD images ({part.ratio:g} per ID "
+                                f"image) but {part.dataset}/{part.domain} has {len(pool)} of its classes; use a "
+                                f"ratio of at most {math.floor(len(pool) / n_id[role] * 1000) / 1000:g}")
+            pick = sorted(rng.permutation(len(pool))[:need].tolist())
+            extra[role] += [Entry(pool[i].ref, protocol.num_classes + j) for i in pick]
+            record[role] = pick
+        drawn.append(record)
+    content = dict(data.content)
+    for dd, _ in ood:
+        content.update(dd.content)
+    merged = DomainData(data.dataset, data.domain, data.source, data.location, data.adapt + extra["adapt"],
+                        data.test + extra["test"], data.opener, dict(data.skipped), None, content)
+    import json
+
+    ident = {"id": checksum, "composition": comp.describe(), "drawn": drawn}
+    return merged, "sha256:" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
 def without_images(sd: ShiftData, refs: frozenset) -> ShiftData:
     """The shift's splits without the images in ``refs`` (a labeled-source model's training images, when the
     target is the source domain): in-distribution numbers are measured on images the model never trained on."""
@@ -283,15 +329,28 @@ class DataResolver:
         """The dataset of a request, without reading any image (so bad options can be refused first)."""
         return resolve_dataset(domain, dataset, data_root, self.settings)
 
-    def resolve(self, proto: Protocol, domain: str, shift: str, data_root: str | None) -> ResolvedData:
-        proto.split(shift)  # raises with suggestions
-        name = proto.domain(domain).name
+    def _domain(self, proto: Protocol, name: str, data_root: str | None) -> tuple[DomainData, str]:
         key = (proto.name, name, data_root)
         if key not in self._domains:
             dd = load_domain(proto, name, data_root, self.progress, self.settings)
             root = None if dd.source == "hf" else str(dataset_root(proto, data_root, settings=self.settings))
             self._domains[key] = (dd, data_fingerprint(dd, root))
-        dd, checksum = self._domains[key]
+        return self._domains[key]
+
+    def resolve(self, proto: Protocol, domain: str, shift: str, data_root: str | None) -> ResolvedData:
+        proto.split(shift)  # raises with suggestions
+        name = proto.domain(domain).name
+        key = (proto.name, name, data_root)
+        comp = proto.composition(shift)
+        if comp is None:
+            dd, checksum = self._domain(proto, name, data_root)
+        else:  # the ID domain with the OOD images mixed in: its own entries and fingerprint
+            key = key + (shift,)
+            if key not in self._domains:
+                dd, checksum = self._domain(proto, name, data_root)
+                ood = [self._domain(load_protocol(p.dataset), p.domain, data_root) for p in comp.parts]
+                self._domains[key] = compose(proto, comp, dd, checksum, ood)
+            dd, checksum = self._domains[key]
         if key + (shift,) not in self._shifts:
             self._shifts[key + (shift,)] = apply_shift(proto, shift, dd)
         return ResolvedData(proto, dd, checksum, self._shifts[key + (shift,)])

@@ -3,6 +3,12 @@
 A protocol file holds the class names in index order, the domains (with the folder and the image lists that
 serve adaptation and test), and for every shift the *known* (prompted) classes and the *target* classes
 (present in the unlabeled adaptation data). The test split always holds every class of the domain.
+
+A *composition* mixes images of other datasets into a domain as unknowns (cross-dataset open-set, as MCM,
+CLIPN, ZS-NTTA and CLIPTTA evaluate): a base shift of the dataset plus one or more OOD parts (dataset, domain,
+classes, ratio of OOD to ID images per split), drawn with a fixed seed. Named compositions live in the ID
+dataset's protocol file (``compositions``); ``ood:DATASET[/DOMAIN][@RATIO]`` names one ad hoc. OOD part j gets
+the label ``num_classes + j``: always >= K, never a known label, and with no class name of the ID dataset.
 """
 from __future__ import annotations
 
@@ -66,6 +72,55 @@ class Split:
 
 
 @dataclass(frozen=True)
+class OODPart:
+    """Images of another dataset's domain that enter a composition as one unknown label."""
+
+    dataset: str
+    domain: str
+    classes: tuple[str, ...] | None  # None: every class of the OOD dataset not named like an ID class
+    ratio: float  # OOD images per ID image, in each split
+
+
+@dataclass(frozen=True)
+class Composition:
+    name: str
+    base: str
+    parts: tuple[OODPart, ...]
+    seed: int = 0
+    notes: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """What the record and ``show protocol`` say about it (part of the data's identity)."""
+        return {"name": self.name, "base": self.base, "seed": self.seed, "notes": self.notes,
+                "ood": [{"dataset": p.dataset, "domain": p.domain, "classes": list(p.classes) if p.classes else None,
+                         "ratio": p.ratio} for p in self.parts]}
+
+
+AD_HOC = "ood:"
+
+
+def parse_ad_hoc(shift: str) -> Composition:
+    """``ood:DATASET[/DOMAIN][@RATIO]`` -> a composition on ``csda`` (every ID class known and present, as the
+    cross-dataset OOD benchmarks have it) with one OOD part: the OOD dataset's classes not named like an ID class
+    (a name test only: a named composition lists its classes when names do not tell)."""
+    body = shift[len(AD_HOC):]
+    ratio = 1.0
+    if "@" in body:
+        body, r = body.rsplit("@", 1)
+        try:
+            ratio = float(r)
+        except ValueError:
+            ratio = -1.0
+        if not 0 < ratio < 1e6:
+            raise UeobenchError(f"bad protocol '{shift}': the ratio after '@' must be a positive number of OOD "
+                                f"images per ID image, e.g. ood:shapes/real@0.5")
+    dataset, _, domain = body.partition("/")
+    if not dataset:
+        raise UeobenchError(f"bad protocol '{shift}': name the OOD dataset, e.g. ood:shapes/real@0.5")
+    return Composition(shift, "csda", (OODPart(dataset, domain, None, ratio),))
+
+
+@dataclass(frozen=True)
 class Protocol:
     name: str
     title: str
@@ -80,15 +135,47 @@ class Protocol:
     checksum: str = ""
     builtin: str | None = None
     notes: str = ""
+    compositions: dict[str, Composition] = field(default_factory=dict, hash=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def composition(self, shift: str) -> Composition | None:
+        """The composition a shift names (a named one of this file, or ``ood:...``), validated against the OOD
+        datasets' protocols; None for a plain shift."""
+        if shift in self.splits:
+            return None
+        if shift in self.compositions:
+            comp = self.compositions[shift]
+        elif shift.startswith(AD_HOC):
+            comp = parse_ad_hoc(shift)
+        else:
+            names = list(self.splits) + list(self.compositions)
+            raise UeobenchError(f"unknown protocol '{shift}' for dataset '{self.name}'{suggest(shift, names)} "
+                                f"(it has {', '.join(names)}; ood:DATASET/DOMAIN@RATIO mixes in another "
+                                f"dataset's images)")
+        return resolve_composition(self, comp)
+
     def split(self, shift: str) -> Split:
-        if shift not in self.splits:
-            raise UeobenchError(f"unknown protocol '{shift}' for dataset '{self.name}'{suggest(shift, list(self.splits))}")
-        return self.splits[shift]
+        if shift in self.splits:
+            return self.splits[shift]
+        comp = self.composition(shift)
+        assert comp is not None
+        base = self.splits[comp.base]
+        n = self.num_classes
+        ood = tuple(range(n, n + len(comp.parts)))
+        return Split(shift, base.known, base.target + ood, n + len(comp.parts))
+
+    def class_name(self, index: int, shift: str | None = None) -> str:
+        """A class's name; an OOD part's label is named after its dataset and domain."""
+        if index < self.num_classes:
+            return self.classes[index]
+        comp = self.composition(shift) if shift else None
+        if comp is None or index - self.num_classes >= len(comp.parts):
+            raise IndexError(f"class {index} of dataset '{self.name}'")
+        part = comp.parts[index - self.num_classes]
+        return f"OOD: {part.dataset}/{part.domain}"
 
     def domain(self, name: str) -> Domain:
         for d in self.domains:
@@ -103,7 +190,7 @@ class Protocol:
     def roles(self, shift: str) -> dict[str, Any]:
         """Class names in each role: the payload of ``ueobench show protocol --json``."""
         s = self.split(shift)
-        names = lambda idx: [self.classes[i] for i in idx]  # noqa: E731
+        names = lambda idx: [self.class_name(i, shift) for i in idx]  # noqa: E731
         return {
             "dataset": self.name,
             "shift": shift,
@@ -112,7 +199,41 @@ class Protocol:
             "target": names(s.target),
             "unknown": names(s.unknown),
             "absent": names(s.absent),
+            **({"composition": comp.describe()} if (comp := self.composition(shift)) else {}),
         }
+
+
+def resolve_composition(proto: Protocol, comp: Composition) -> Composition:
+    """Check a composition's parts against their datasets (dataset, domain and classes exist) and fill in the
+    defaults: the OOD dataset's first domain, and every class not named like one of ``proto``'s classes."""
+    if comp.base not in proto.splits:
+        raise ProtocolError(f"{proto.path}.compositions.{comp.name}.base: unknown shift '{comp.base}'"
+                            f"{suggest(comp.base, list(proto.splits))}")
+    own = {c.strip().lower() for c in proto.classes}
+    parts = []
+    for p in comp.parts:
+        other = load_protocol(p.dataset)
+        if other.name == proto.name:
+            raise UeobenchError(f"protocol '{comp.name}': the OOD images must come from another dataset than "
+                                f"'{proto.name}'; its own unknown classes are the oda/opda shifts")
+        domain = other.domain(p.domain).name if p.domain else other.domains[0].name
+        if p.classes is None:
+            classes = tuple(c for c in other.classes if c.strip().lower() not in own)
+        else:
+            missing = [c for c in p.classes if c not in other.classes]
+            if missing:
+                raise ProtocolError(f"{proto.path}.compositions.{comp.name}: {missing} are not classes of "
+                                    f"'{other.name}'{suggest(missing[0], list(other.classes))}")
+            clash = [c for c in p.classes if c.strip().lower() in own]
+            if clash:
+                raise ProtocolError(f"{proto.path}.compositions.{comp.name}: OOD classes {clash} are also classes "
+                                    f"of '{proto.name}'")
+            classes = tuple(p.classes)
+        if not classes:
+            raise UeobenchError(f"protocol '{comp.name}': every class of '{other.name}' is also a class of "
+                                f"'{proto.name}'; nothing is out of distribution")
+        parts.append(OODPart(other.name, domain, classes, p.ratio))
+    return Composition(comp.name, comp.base, tuple(parts), comp.seed, comp.notes)
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -214,6 +335,8 @@ def parse_protocol(text: str, path: str) -> Protocol:
     if extra:
         raise ProtocolError(f"{path}.shifts: unknown shift(s) {extra}; allowed: {', '.join(SHIFTS)}")
 
+    compositions = _parse_compositions(_field(d, "compositions", dict, path, {}), splits, path)
+
     _relative_inside(_field(d, "folder", str, path, name), f"{path}.folder")
     prompt = _field(d, "prompt", str, path, "a photo of a {}.")
     if prompt.count("{}") != 1:
@@ -232,7 +355,41 @@ def parse_protocol(text: str, path: str) -> Protocol:
         checksum="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
         builtin=_field(d, "builtin", str, path, None),
         notes=_field(d, "notes", str, path, ""),
+        compositions=compositions,
     )
+
+
+def _parse_compositions(raw: dict, splits: dict[str, Split], path: str) -> dict[str, Composition]:
+    out: dict[str, Composition] = {}
+    for name, rc in raw.items():
+        w = f"{path}.compositions.{name}"
+        if name in splits or name.startswith(AD_HOC) or not name or "," in name:
+            raise ProtocolError(f"{w}: a composition needs a name of its own (not a shift, no 'ood:' prefix, "
+                                f"no comma)")
+        if not isinstance(rc, dict):
+            raise ProtocolError(f"{w}: expected an object with 'base' and 'ood'")
+        base = _field(rc, "base", str, w, "csda")
+        if base not in splits:
+            raise ProtocolError(f"{w}.base: unknown shift '{base}'; use one of {', '.join(splits)}")
+        seed = _field(rc, "seed", int, w, 0)
+        raw_parts = _field(rc, "ood", list, w)
+        if not raw_parts:
+            raise ProtocolError(f"{w}.ood: expected at least one OOD part")
+        parts = []
+        for i, rp in enumerate(raw_parts):
+            wp = f"{w}.ood[{i}]"
+            if not isinstance(rp, dict):
+                raise ProtocolError(f"{wp}: expected an object with 'dataset', 'domain', 'classes' and 'ratio'")
+            classes = _field(rp, "classes", (list, type(None)), wp, None)
+            if classes is not None and (not classes or not all(isinstance(c, str) for c in classes)):
+                raise ProtocolError(f"{wp}.classes: expected a non-empty list of class names (or leave it out)")
+            ratio = _field(rp, "ratio", (int, float), wp, 1.0)
+            if isinstance(ratio, bool) or not 0 < ratio < 1e6:
+                raise ProtocolError(f"{wp}.ratio: expected a positive number of OOD images per ID image")
+            parts.append(OODPart(_field(rp, "dataset", str, wp), _field(rp, "domain", str, wp, ""),
+                                 tuple(classes) if classes else None, float(ratio)))
+        out[name] = Composition(name, base, tuple(parts), seed, _field(rc, "notes", str, w, ""))
+    return out
 
 
 def load_protocol_file(path: str | Path) -> Protocol:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import UeobenchError
+from ..data.protocols import SHIFTS
 from ..core.registry import suggest
 from ..scoring.metrics import LOWER_IS_BETTER, METRICS
 from ..scoring.scores import how_to_save
@@ -217,7 +218,9 @@ def _disambiguate(df: list[dict[str, Any]]) -> list[dict[str, Any]]:
     split_name("dataset", ("protocol_checksum",), lambda r, v: f"{r['dataset']} [protocol {_short(r['protocol_checksum'])}]")
     versions: dict[tuple[str, str], dict[str, list[str]]] = {}
     for r in out:
-        versions.setdefault((r["dataset"], r["domain"]), {}).setdefault(r["data_checksum"], []).append(r["run_id"])
+        # a composition's images are its own (the domain's plus the OOD images it draws): versioned apart
+        where = r["domain"] if r["shift"] in SHIFTS else f"{r['domain']} under {r['shift']}"
+        versions.setdefault((r["dataset"], where), {}).setdefault(r["data_checksum"], []).append(r["run_id"])
         if r["source_checksum"] != "None":  # the images a labeled-source model trained on are data too
             versions.setdefault((r["dataset"], r["track"]), {}).setdefault(r["source_checksum"], []).append(r["run_id"])
     for (dataset, domain), by in sorted(versions.items()):

@@ -75,8 +75,9 @@ def record_document(planned: PlannedRun, session: Session, history: list[Any], m
             "num_classes": s.num_classes,
             "num_known": s.num_known,
             "known": sd.known_names,
-            "unknown": [proto.classes[i] for i in s.unknown],
-            "absent": [proto.classes[i] for i in s.absent],
+            "unknown": [proto.class_name(i, s.shift) for i in s.unknown],
+            "absent": [proto.class_name(i, s.shift) for i in s.absent],
+            **({"composition": comp.describe()} if (comp := proto.composition(s.shift)) else {}),
         },
         "data": {
             "source": sd.domain.source,
