@@ -78,7 +78,12 @@ def _doc():
     "mutate, field",
     [
         (lambda d: d.pop("classes"), "missing field 'classes'"),
-        (lambda d: d["shifts"].pop("oda"), "shifts.oda"),
+        (lambda d: d["shifts"].clear(), "shifts: define at least one"),
+        (lambda d: d["shifts"].update(xda={"known": "all", "target": "all"}), "shifts: unknown shift(s) ['xda']"),
+        (lambda d: d["domains"][0].update(class_folders="wnid"), "domains[0].class_folders: expected one of"),
+        (lambda d: d["domains"][0].update(class_folders="wnids"), "wnids: a domain names its class folders"),
+        (lambda d: d["domains"][0].update(label_base=2), "domains[0].label_base: expected 0 or 1"),
+        (lambda d: d["domains"][0].update(adapt="../x.json:train"), "domains[0].adapt: must be a path relative"),
         (lambda d: d["shifts"]["pda"].update(target=[[0, 99]]), "shifts.pda.target"),
         (lambda d: d["shifts"]["opda"].update(target=[[0, 5], [4, 9]]), "shifts.opda.target: ranges overlap"),
         (lambda d: d["domains"][0].pop("test"), "domains[0]: missing field 'test'"),

@@ -61,12 +61,16 @@ def list_datasets(as_json: bool) -> None:
     rows = []
     for name in api.list_datasets():
         p = api.load_protocol(name)
-        rows.append({"dataset": name, "classes": len(p.classes), "domains": [d.name for d in p.domains]})
+        rows.append({"dataset": name, "classes": len(p.classes), "domains": [d.name for d in p.domains],
+                     "protocols": list(p.splits) + list(p.compositions), "title": p.title, "source": p.source,
+                     "checksum": p.checksum})
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
+    width = max(len(r["dataset"]) for r in rows)
     for r in rows:
-        say(f"{r['dataset']:<11} {r['classes']:>4} classes  domains: {', '.join(r['domains'])}")
+        say(f"{r['dataset']:<{width}} {r['classes']:>5} classes  domains: {', '.join(r['domains'])}  "
+            f"protocols: {', '.join(r['protocols'])}")
 
 
 @list_.command("scores")

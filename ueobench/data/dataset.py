@@ -35,6 +35,8 @@ from .sources import (
     open_image,
     read_folder_tree,
     read_image_list,
+    read_name_list,
+    read_split_json,
 )
 
 
@@ -120,14 +122,16 @@ def load_domain(protocol: Protocol, domain: str, data_root: str | None = None, p
         return _hf_domain(protocol, dom, cfg, str(root / dom.folder), skipped)
     if not root.is_dir():
         raise _missing(protocol, f"dataset '{protocol.name}' not found: {root} does not exist")
+    if ".json:" in dom.adapt or dom.adapt.endswith(":names"):  # a CoOp split file, or id + class-name lists
+        return _split_file_domain(protocol, dom, root, skipped)
     adapt_list, test_list, folder = root / dom.adapt, root / dom.test, root / dom.folder
     use_list = cfg.source == "list" or (cfg.source == "auto" and adapt_list.is_file())
     if use_list:
         for lst in (adapt_list, test_list):
             if not lst.is_file():
                 raise _missing(protocol, f"dataset '{protocol.name}' domain '{dom.name}': image list {lst} not found")
-        adapt, d1 = read_image_list(adapt_list, root, n)
-        test, d2 = (adapt, 0) if test_list == adapt_list else read_image_list(test_list, root, n)
+        adapt, d1 = read_image_list(adapt_list, root, n, dom.label_base)
+        test, d2 = (adapt, 0) if test_list == adapt_list else read_image_list(test_list, root, n, dom.label_base)
         skipped["duplicate list entries"] = d1 + d2
         if d1 + d2:
             warnings.warn(f"skipped {d1 + d2} duplicate entries in {adapt_list.name}/{test_list.name}", stacklevel=2)
@@ -136,13 +140,32 @@ def load_domain(protocol: Protocol, domain: str, data_root: str | None = None, p
     if cfg.source in ("auto", "folder") and folder.is_dir():
         if (folder / "dataset_dict.json").exists() or (folder / "state.json").exists():
             return _hf_domain(protocol, dom, cfg, str(folder), skipped)
-        entries = read_folder_tree(folder, protocol.classes)
+        entries = read_folder_tree(folder, protocol.classes, dom.class_folders, protocol.wnids)
         return DomainData(protocol.name, dom.name, "folder", str(folder), entries, entries, open_image, skipped)
     raise _missing(
         protocol,
         f"dataset '{protocol.name}' domain '{dom.name}': no data under {root} "
         f"(looked for image list {adapt_list.name} and folder {dom.folder}/)",
     )
+
+
+def _split_file_domain(protocol: Protocol, dom: Any, root: Path, skipped: dict) -> DomainData:
+    """A domain read from a CoOp split file (``FILE.json:KEY`` for adapt and test, paths under ``images``)."""
+    lists = {}
+    images = root / (dom.images or dom.folder)
+    for role in ("adapt", "test"):
+        value = getattr(dom, role)
+        if value.endswith(":names"):
+            path = root / value[: -len(":names")]
+        else:
+            file, _, key = value.partition(".json:")
+            path = root / (file + ".json")
+        if not path.is_file():
+            raise _missing(protocol, f"dataset '{protocol.name}' domain '{dom.name}': split file {path} not found")
+        lists[role] = (read_name_list(path, images, protocol.classes) if value.endswith(":names")
+                       else read_split_json(path, key, images, protocol.classes))
+    where = str(root / dom.adapt.rsplit(":", 1)[0]) + (".json" if ".json:" in dom.adapt else "")
+    return DomainData(protocol.name, dom.name, "list", where, lists["adapt"], lists["test"], open_image, skipped)
 
 
 def apply_shift(protocol: Protocol, shift: str, data: DomainData) -> ShiftData:
@@ -175,6 +198,9 @@ def compose(protocol: Protocol, comp: Composition, data: DomainData, checksum: s
     base = protocol.split(comp.base)
     target = set(base.target)
     n_id = {"adapt": sum(1 for e in data.adapt if e.label in target), "test": len(data.test)}
+    # one stream for adaptation and test (ImageNet's val, as test-time adaptation runs): one draw from all of the
+    # OOD domain's images serves both; separate ID splits keep separate OOD splits
+    shared = [e.ref for e in data.adapt] == [e.ref for e in data.test]
     rng = np.random.default_rng(comp.seed)
     extra: dict[str, list[Entry]] = {"adapt": [], "test": []}
     drawn: list[dict[str, Any]] = []
@@ -182,8 +208,9 @@ def compose(protocol: Protocol, comp: Composition, data: DomainData, checksum: s
         other = load_protocol(part.dataset)
         wanted = {other.classes.index(c) for c in part.classes or ()}
         record: dict[str, Any] = {"dataset": part.dataset, "domain": part.domain, "checksum": ood_sum}
-        for role in ("adapt", "test"):
-            pool = [e for e in getattr(dd, role) if e.label in wanted]
+        union = list({e.ref: e for e in dd.adapt + dd.test}.values())
+        for role in (("test",) if shared else ("adapt", "test")):
+            pool = [e for e in (union if shared else getattr(dd, role)) if e.label in wanted]
             need = int(round(part.ratio * n_id[role]))
             if need > len(pool):
                 raise DataError(f"protocol '{comp.name}': {role} needs {need} OOD images ({part.ratio:g} per ID "
@@ -192,6 +219,8 @@ def compose(protocol: Protocol, comp: Composition, data: DomainData, checksum: s
             pick = sorted(rng.permutation(len(pool))[:need].tolist())
             extra[role] += [Entry(pool[i].ref, protocol.num_classes + j) for i in pick]
             record[role] = pick
+        if shared:
+            extra["adapt"] = list(extra["test"])
         drawn.append(record)
     content = dict(data.content)
     for dd, _ in ood:

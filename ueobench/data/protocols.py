@@ -28,12 +28,24 @@ FORMAT_VERSION = 1
 DEFAULT_DATASET = "shapes"
 
 
+#: how a folder tree names its class folders: by class name (normalised), WordNet id (ImageNet and its
+#: variants, with the protocol's ``wnids``), class index (ImageNet-V2), or not at all (an OOD set of unlabeled
+#: images: every image is class 0)
+CLASS_FOLDERS = ("names", "wnids", "indices", "none")
+
+
 @dataclass(frozen=True)
 class Domain:
+    """Where one domain's images are: image lists ``adapt`` / ``test`` (``path label`` lines, or ``FILE.json:KEY``
+    for a CoOp ``split_zhou`` file, whose paths are relative to ``images``), else the folder tree ``folder``."""
+
     name: str
     folder: str
     adapt: str
     test: str
+    label_base: int = 0  # the lists' first label (PACS's official lists count from 1)
+    class_folders: str = "names"
+    images: str = ""  # the folder a split file's paths are relative to (default: the domain's folder)
 
 
 @dataclass(frozen=True)
@@ -136,6 +148,8 @@ class Protocol:
     builtin: str | None = None
     notes: str = ""
     compositions: dict[str, Composition] = field(default_factory=dict, hash=False)
+    wnids: tuple[str, ...] | None = None  # WordNet ids in class order (ImageNet and its variants)
+    source: str = ""  # where the class names, their order and the splits come from
 
     @property
     def num_classes(self) -> int:
@@ -299,8 +313,9 @@ def parse_protocol(text: str, path: str) -> Protocol:
     if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ProtocolError(f"{path}.classes: expected a non-empty list of non-empty class names")
     dupes = sorted({c for c in classes if classes.count(c) > 1})
-    if dupes:
-        raise ProtocolError(f"{path}.classes: duplicate class names {dupes}")
+    if dupes and not isinstance(d.get("wnids"), list):  # CLIP's ImageNet names repeat two; the wnids tell them apart
+        raise ProtocolError(f"{path}.classes: duplicate class names {dupes} (allowed only with 'wnids' that tell "
+                            f"them apart)")
     n = len(classes)
 
     raw_domains = _field(d, "domains", list, path)
@@ -311,20 +326,40 @@ def parse_protocol(text: str, path: str) -> Protocol:
         w = f"{path}.domains[{i}]"
         if not isinstance(rd, dict):
             raise ProtocolError(f"{w}: expected an object with name, folder, adapt and test")
-        dom = Domain(*(_field(rd, k, str, w) for k in ("name", "folder", "adapt", "test")))
-        for key in ("folder", "adapt", "test"):
-            _relative_inside(getattr(dom, key), f"{w}.{key}")
+        base = _field(rd, "label_base", int, w, 0)
+        if base not in (0, 1):
+            raise ProtocolError(f"{w}.label_base: expected 0 or 1 (the lists' first label)")
+        folders = _field(rd, "class_folders", str, w, "names")
+        if folders not in CLASS_FOLDERS:
+            raise ProtocolError(f"{w}.class_folders: expected one of {', '.join(CLASS_FOLDERS)}, got {folders!r}")
+        dom = Domain(*(_field(rd, k, str, w) for k in ("name", "folder", "adapt", "test")), label_base=base,
+                     class_folders=folders, images=_field(rd, "images", str, w, ""))
+        for key in ("folder", "adapt", "test", "images"):
+            value = getattr(dom, key)
+            if key in ("adapt", "test") and ".json:" in value:
+                value = value.split(".json:", 1)[0] + ".json"
+            if value or key != "images":
+                _relative_inside(value, f"{w}.{key}")
         domains.append(dom)
     lower = [x.name.lower() for x in domains]
     if len(set(lower)) != len(lower):
         raise ProtocolError(f"{path}.domains: domain names must be unique (ignoring case)")
 
+    wnids = _field(d, "wnids", list, path, None)
+    if wnids is not None:
+        if len(wnids) != n or len(set(wnids)) != n or not all(isinstance(x, str) and x for x in wnids):
+            raise ProtocolError(f"{path}.wnids: expected {n} unique WordNet ids, one per class in class order")
+    if any(dom.class_folders == "wnids" for dom in domains) and wnids is None:
+        raise ProtocolError(f"{path}.wnids: a domain names its class folders by WordNet id; list the ids")
+
     raw_shifts = _field(d, "shifts", dict, path)
+    if not raw_shifts:
+        raise ProtocolError(f"{path}.shifts: define at least one of {', '.join(SHIFTS)}")
     splits: dict[str, Split] = {}
     for shift in SHIFTS:
         w = f"{path}.shifts.{shift}"
         if shift not in raw_shifts:
-            raise ProtocolError(f"{w}: missing; every protocol defines {', '.join(SHIFTS)}")
+            continue  # a dataset defines the shifts it has (the cross-dataset suites: csda only)
         rs = raw_shifts[shift]
         if not isinstance(rs, dict):
             raise ProtocolError(f"{w}: expected an object with 'known' and 'target'")
@@ -356,6 +391,8 @@ def parse_protocol(text: str, path: str) -> Protocol:
         builtin=_field(d, "builtin", str, path, None),
         notes=_field(d, "notes", str, path, ""),
         compositions=compositions,
+        wnids=tuple(wnids) if wnids else None,
+        source=_field(d, "source", str, path, ""),
     )
 
 

@@ -109,8 +109,9 @@ class _Resolver:
         return full if full.startswith(self.root + os.sep) else None
 
 
-def read_image_list(path: Path, root: Path, num_classes: int) -> tuple[list[Entry], int]:
-    """Parse ``relative/path label`` lines. Returns the entries and the number of duplicate lines skipped."""
+def read_image_list(path: Path, root: Path, num_classes: int, label_base: int = 0) -> tuple[list[Entry], int]:
+    """Parse ``relative/path label`` lines (labels from ``label_base``). Returns the entries and the number of
+    duplicate lines skipped."""
     entries: list[Entry] = []
     seen: set[str] = set()
     dupes = 0
@@ -127,9 +128,10 @@ def read_image_list(path: Path, root: Path, num_classes: int) -> tuple[list[Entr
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not re.fullmatch(r"-?\d+", parts[1]):
             raise DataError(f"{path}:{n}: expected 'relative/path label', got {line.strip()!r}")
-        rel, label = parts[0].strip(), int(parts[1])
+        rel, label = parts[0].strip(), int(parts[1]) - label_base
         if not 0 <= label < num_classes:
-            raise DataError(f"{path}:{n}: label {label} is outside the protocol's {num_classes} classes (0..{num_classes - 1})")
+            raise DataError(f"{path}:{n}: label {label + label_base} is outside the protocol's {num_classes} classes "
+                            f"({label_base}..{num_classes - 1 + label_base})")
         full = inside(rel)
         if full is None:
             raise DataError(f"{path}:{n}: path {rel!r} escapes the dataset root {root}; list paths must be relative to it")
@@ -141,30 +143,77 @@ def read_image_list(path: Path, root: Path, num_classes: int) -> tuple[list[Entr
     return entries, dupes
 
 
-def read_folder_tree(folder: Path, classes: Sequence[str]) -> list[Entry]:
-    """``<folder>/<class folder>/<image>``; class folders are matched to protocol names by ``normalise_name``."""
-    index = {normalise_name(c): i for i, c in enumerate(classes)}
+def read_folder_tree(folder: Path, classes: Sequence[str], class_folders: str = "names",
+                     wnids: Sequence[str] | None = None) -> list[Entry]:
+    """``<folder>/<class folder>/<image>``; class folders are matched to the protocol's classes by name
+    (``normalise_name``), by WordNet id (``wnids``), or by class index; with ``class_folders="none"`` every image
+    under the folder is class 0 (an unlabeled OOD set)."""
+    if class_folders == "wnids":
+        index = {w: i for i, w in enumerate(wnids or ())}
+        how = "a WordNet id of the protocol (ueobench show protocol --json lists them)"
+    elif class_folders == "indices":
+        index = {str(i): i for i in range(len(classes))}
+        how = f"a class index 0..{len(classes) - 1}"
+    else:
+        index = {normalise_name(c): i for i, c in enumerate(classes)}
+        how = "a class name (ueobench show protocol lists the classes)"
     entries: list[Entry] = []
     root = os.path.realpath(folder)
 
     def inside(p: Path) -> bool:
         return os.path.realpath(p).startswith(root + os.sep)
 
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if not inside(sub):
-            raise DataError(f"{sub}: class folder is a link out of {folder}; folder trees may not leave their root")
-        key = normalise_name(sub.name)
-        if key not in index:
-            raise DataError(
-                f"{sub}: folder matches no class of the protocol; rename it to a class name or remove it "
-                f"(ueobench show protocol lists the classes)"
-            )
+    if class_folders == "none":
+        subs = [(folder, 0)]
+    else:
+        subs = []
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+            if not inside(sub):
+                raise DataError(f"{sub}: class folder is a link out of {folder}; folder trees may not leave their root")
+            key = normalise_name(sub.name) if class_folders == "names" else sub.name
+            if key not in index:
+                raise DataError(f"{sub}: folder matches no class of the protocol; it should be {how}; rename or "
+                                f"remove it")
+            subs.append((sub, index[key]))
+    for sub, label in subs:
         for f in sorted(sub.rglob("*")):
             if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
                 if not inside(f):
                     raise DataError(f"{f}: image is a link out of {folder}; folder trees may not leave their root")
-                entries.append(Entry(str(f), index[key]))
+                entries.append(Entry(str(f), label))
     return entries
+
+
+def read_split_json(path: Path, key: str, images: Path, classes: Sequence[str]) -> list[Entry]:
+    """One split of a CoOp ``split_zhou_*.json`` (``{"train"|"val"|"test": [[path, label, classname], ...]}``,
+    paths relative to ``images``): its labels are CoOp's, checked against the protocol's class names."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"cannot read split file {path} ({e})") from None
+    if not isinstance(doc, dict) or key not in doc or not isinstance(doc[key], list):
+        have = ", ".join(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise DataError(f"{path}: no split '{key}' (it has {have})")
+    inside = _Resolver(images)
+    names = [normalise_name(c) for c in classes]
+    out: list[Entry] = []
+    for n, item in enumerate(doc[key]):
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+                and isinstance(item[1], int) and isinstance(item[2], str)):
+            raise DataError(f"{path}: {key}[{n}]: expected [path, label, classname], got {item!r:.80}")
+        rel, label, name = item
+        if not 0 <= label < len(classes):
+            raise DataError(f"{path}: {key}[{n}]: label {label} is outside the protocol's {len(classes)} classes")
+        if normalise_name(name) != names[label]:
+            raise DataError(f"{path}: {key}[{n}]: label {label} is '{name}' here but '{classes[label]}' in the "
+                            f"protocol; this split file is not the one the protocol was written from")
+        full = inside(rel)
+        if full is None:
+            raise DataError(f"{path}: {key}[{n}]: path {rel!r} escapes the image folder {images}")
+        out.append(Entry(full, label))
+    return out
 
 
 def _hf_labels(ds: Any, column: str, classes: Sequence[str], where: str) -> list[int | None]:
@@ -278,3 +327,27 @@ def _hf_domain(protocol: Protocol, dom: Domain, cfg: DatasetSettings, location: 
                       content)
 
 
+
+
+def read_name_list(path: Path, images: Path, classes: Sequence[str], suffix: str = ".jpg") -> list[Entry]:
+    """``<image id> <class name>`` lines (FGVC-Aircraft's ``images_variant_*.txt``, as CoOp reads them): the
+    image is ``<images>/<id>.jpg``, the label the class's index in the protocol (names compared exactly)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read image list {path} ({e})") from None
+    index = {c: i for i, c in enumerate(classes)}
+    inside = _Resolver(images)
+    out: list[Entry] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(" ", 1)
+        if len(parts) != 2 or parts[1] not in index:
+            raise DataError(f"{path}:{n}: expected '<image id> <class name>' with a class of the protocol, got "
+                            f"{line.strip()!r:.80}")
+        full = inside(parts[0] + suffix)
+        if full is None:
+            raise DataError(f"{path}:{n}: image id {parts[0]!r} escapes the image folder {images}")
+        out.append(Entry(full, index[parts[1]]))
+    return out

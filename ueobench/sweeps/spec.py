@@ -8,7 +8,7 @@ from itertools import product
 
 from ..core.errors import UeobenchError
 from ..core.hashing import canonical_json
-from ..data.protocols import load_protocol
+from ..data.protocols import SHIFTS, load_protocol
 from ..runs.request import RunRequest
 from ..scoring.scores import DEFAULT_RULE
 
@@ -127,11 +127,14 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
     for dataset in spec.datasets:
         proto = load_protocol(dataset)
         domains = [d.name for d in proto.domains] if spec.domains == ["all"] else [proto.domain(d).name for d in spec.domains]
-        for p in spec.protocols:
+        shifts = spec.protocols
+        if shifts == list(SHIFTS):  # "all": the shifts this dataset defines (a cross-dataset suite has csda only)
+            shifts = [p for p in SHIFTS if p in proto.splits]
+        for p in shifts:
             proto.split(p)
         sources = ([d.name for d in proto.domains] if spec.sources == ["all"]
                    else [None if s is None else proto.domain(s).name for s in spec.sources])
-        grid = product(spec.backbones, spec.methods, sources, spec.shots, spec.protocols, domains, spec.seeds)
+        grid = product(spec.backbones, spec.methods, sources, spec.shots, shifts, domains, spec.seeds)
         for backbone, method, source, shots, shift, domain, seed in grid:
             keys = [k for k in axes if k in declared[method]]
             for values in product(*(axes[k] for k in keys)):
