@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the labeled-source track's built-in leaderboard, results/shapes65_track.md, and the per-run metrics
-# beside it, results/shapes65_track_runs.csv: every labeled-source method at its reference recipe (CaRot's, FLYP's
+# beside it, results/shapes65_track_runs.csv, and its page results/shapes65_track_site/index.html: every labeled-source method at its reference recipe (CaRot's, FLYP's
 # and FT's ImageNet schedules rescaled as the README says, nothing else set), trained on the labeled images of
 # shapes65's `product` and evaluated on product (in distribution: its test split), real, sketch and painting under
 # cda and opda, with the shipped tiny-shapes65:builtin, on the CPU. One model per (method, seed) is trained and
@@ -82,4 +82,7 @@ PY
     tab --metric "$metric" --protocol opda --score scaled_energy
   done
 } > results/shapes65_track.md
-echo "wrote results/shapes65_track.md and results/shapes65_track_runs.csv"
+rm -rf results/shapes65_track_site
+ueobench site --results "$R" --output results/shapes65_track_site --metric acc,ece10_b512,auroc \
+  --title "ueobench: the labeled-source track on shapes65 (trained on labeled product)"
+echo "wrote results/shapes65_track.md, results/shapes65_track_runs.csv and results/shapes65_track_site/"

@@ -42,6 +42,19 @@ def test_the_page_is_self_contained_escaped_and_links_every_cell_to_its_runs(sit
     assert "<svg" in text and text.count('<section class="board"') == 2  # a table per backbone, and the figure
 
 
+def test_each_track_gets_its_own_board_named_for_it(cli, tmp_path):
+    from conftest import TINY
+
+    res = str(tmp_path / "res")
+    base = ("--protocol", "oda", "--domain", "real", "--backbone", TINY, "--results", res)
+    assert cli("run", "--method", "zeroshot", *base).exit_code == 0
+    r = cli("run", "--method", "lp", "--source", "clipart", "--set", "search_steps=1", *base)
+    assert r.exit_code == 0, r.output
+    assert cli("site", "--results", res, "--output", str(tmp_path / "site")).exit_code == 0
+    heads = re.findall(r"<h2>([^<]*)</h2>", (tmp_path / "site" / "index.html").read_text())
+    assert sorted(h.rsplit(" · ", 1)[1] for h in heads) == ["labeled source: clipart", "unlabeled target"]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (apt-get install chromium)")
 def test_the_page_works_in_a_real_browser(site, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright's Python package is not installed")

@@ -44,7 +44,8 @@ def _e(text: Any) -> str:
 
 
 def _track(t: Table) -> str:
-    return str(t.meta.get("group", {}).get("track") or (t.meta.get("track") or ["unlabeled target"])[0])
+    return str(t.meta.get("variant", {}).get("track") or t.meta.get("group", {}).get("track")
+               or (t.meta.get("track") or ["unlabeled target"])[0])
 
 
 def _fixed(t: Table, axis: str) -> str:
