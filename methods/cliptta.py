@@ -163,6 +163,7 @@ class ClassMemory:
 class CLIPTTA(PromptTuningMethod):
     display_name = "CLIPTTA"
     adaptation = "online"
+    streams = True  # reads the adaptation data in context.stream_order() (--stream)
 
     @dataclass
     class Options(PromptTuningOptions):

@@ -83,6 +83,7 @@ def affinity_logits(features: torch.Tensor, keys: torch.Tensor, values: torch.Te
 class DPE(Method):
     display_name = "DPE"
     adaptation = "online"
+    streams = True  # reads the adaptation data in context.stream_order() (--stream)
 
     @dataclass
     class Options(Options):
@@ -227,7 +228,7 @@ class DPE(Method):
 
     def adapt(self, context: AdaptContext) -> list[dict]:
         n, k = context.num_adapt, len(self.class_names)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(context.seed)).tolist()
+        order = context.stream_order()  # a seeded randperm, or the --stream label-shift stream
         online = np.zeros((n, k), dtype=np.float32)
         with torch.enable_grad():  # the residual step needs gradients, whatever the caller's mode
             for i, views in self._view_features(context, order):

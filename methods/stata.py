@@ -178,10 +178,12 @@ def inductive_potentials(x: torch.Tensor, text: torch.Tensor, mu: torch.Tensor, 
             + (diag_loglik(x, mu, cov) - 0.5 * cov.log().sum(1)[None, :]) / GMM_TEMPERATURE)
 
 
-def stream_batches(n: int, batch_size: int, seed: int, min_size: int) -> list[torch.Tensor]:
-    """Consecutive batches of a seeded shuffle of range(n); 0: one batch of all. A trailing batch smaller than
-    ``min_size`` (the kNN needs n_neighbors + 1 images) joins the batch before it."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+def stream_batches(n: int, batch_size: int, seed: int, min_size: int, order: list[int] | None = None) -> list[torch.Tensor]:
+    """Consecutive batches of a seeded shuffle of range(n) (or of ``order``, a ``--stream``); 0: one batch of
+    all. A trailing batch smaller than ``min_size`` (the kNN needs n_neighbors + 1 images) joins the batch
+    before it."""
+    order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if order is None
+             else torch.tensor(order, dtype=torch.long))
     if batch_size == 0:
         return [order]
     batches = list(order.split(batch_size))
@@ -196,6 +198,7 @@ def stream_batches(n: int, batch_size: int, seed: int, min_size: int) -> list[to
 class StatA(Method):
     display_name = "StatA"
     adaptation = "transductive"
+    streams = True  # reads the adaptation data in context.stream_order() (--stream)
 
     @dataclass
     class Options(Options):
@@ -250,8 +253,13 @@ class StatA(Method):
         if n < need or 0 < o.batch_size < need:
             raise UeobenchError(f"stata needs batches of at least n_neighbors + 1 = {need} images (batch_size = "
                                 f"{o.batch_size}, {n} adaptation images)")
+        stream = getattr(context, "stream", None)  # AdaptContext has it; hand-made test contexts may not
+        if stream and o.batch_size == 0:
+            raise UeobenchError(f"stata solves the whole adaptation set at once (batch_size=0), so a stream's order "
+                                f"changes nothing; pass --set batch_size=64 (or 128, 1000) with --stream {stream}")
         text = self.text.to(x.device).double()
-        batches = stream_batches(n, o.batch_size, context.seed, need)
+        batches = stream_batches(n, o.batch_size, context.seed, need,
+                                 context.stream_order() if stream else None)
         potentials = torch.empty(n, text.shape[0], dtype=x.dtype, device=x.device)
         guards, whole = 0, None
         for idx in batches:

@@ -82,6 +82,7 @@ def cache_logits(features: torch.Tensor, keys: torch.Tensor, values: torch.Tenso
 class TDA(Method):
     display_name = "TDA"
     adaptation = "online"
+    streams = True  # reads the adaptation data in context.stream_order() (--stream)
 
     @dataclass
     class Options(Options):
@@ -137,7 +138,7 @@ class TDA(Method):
         feats = context.image_features().float()
         n, k = feats.shape[0], len(self.class_names)
         norm = (math.log2(k) if o.entropy_norm == "log2" else math.log(k)) if k > 1 else 1.0  # one class: H = 0
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(context.seed)).tolist()
+        order = context.stream_order()  # a seeded randperm, or the --stream label-shift stream
         online = np.zeros((n, k), dtype=np.float32)
         admitted = 0
         for i in order:

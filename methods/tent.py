@@ -34,6 +34,7 @@ from ueobench.models import batchnorms
 class Tent(PromptTuningMethod):
     display_name = "TENT"
     adaptation = "online"
+    streams = True  # reads the adaptation data in context.stream_order() (--stream)
 
     @dataclass
     class Options(PromptTuningOptions):

@@ -114,6 +114,7 @@ def unient_loss(cos: torch.Tensor, weights: torch.Tensor, scale: float | torch.T
 class UniEnt(PromptTuningMethod):
     display_name = "UniEnt"
     adaptation = "online"
+    streams = True  # reads the adaptation data in context.stream_order() (--stream)
 
     @dataclass
     class Options(PromptTuningOptions):

@@ -139,7 +139,9 @@ def test_stream_equals_the_official_loop_and_final_state(lr, scale, steps):
     text, stream = toy()
     feats = torch.cat(stream)
     m = make_method(text, scale, lr_text=lr, lr_image=lr, steps=steps)
-    m.adapt(SimpleNamespace(image_features=lambda: feats, seed=7, num_adapt=len(feats)))
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(7)).tolist()  # the session's iid stream
+    m.adapt(SimpleNamespace(image_features=lambda: feats, seed=7, num_adapt=len(feats), stream=None,
+                            stream_order=lambda: order))
     order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(7)).tolist()
     expected, state = ref_dpe([stream[i] for i in order], text, lr_text=lr, lr_image=lr, scale=scale, steps=steps)
     online = torch.from_numpy(m.online_predictions()).double()
@@ -200,9 +202,9 @@ def test_augmix_views_pass_feeds_the_step_from_the_images():
     seen = []
     step = m._step
     m._step = lambda v: (seen.append(v), step(v))[1]
-    small = SimpleNamespace(**{**vars(ctx), "num_adapt": 6})
-    m.adapt(small)
     order = torch.randperm(6, generator=torch.Generator().manual_seed(ctx.seed)).tolist()
+    small = SimpleNamespace(**{**vars(ctx), "num_adapt": 6, "stream_order": lambda: order})  # the first 6 images
+    m.adapt(small)
     assert len(seen) == 6 and all(v.shape == (10, m.text.shape[1]) for v in seen)
     cached = ctx.image_features()
     for i, v in zip(order, seen):  # view 0 is the eval transform of the image: its cached feature

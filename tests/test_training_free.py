@@ -195,8 +195,14 @@ def _tda(feats: torch.Tensor, text: torch.Tensor, seed: int = 0, **opts):
     m = cls(build_options(cls, {k: str(v) for k, v in opts.items()}))
     m.class_names, m.text, m.scale = [str(i) for i in range(len(text))], text, 100.0
     m._new_caches()
-    m.adapt(SimpleNamespace(image_features=lambda: feats, seed=seed))
+    m.adapt(_ctx(feats, seed))
     return m
+
+
+def _ctx(feats: torch.Tensor, seed: int) -> SimpleNamespace:
+    """What TDA reads of an AdaptContext: the features and the i.i.d. stream order (the session's seeded randperm)."""
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed)).tolist()
+    return SimpleNamespace(image_features=lambda: feats, seed=seed, stream=None, stream_order=lambda: order)
 
 
 def test_tda_stream_equals_the_reference_loop():
@@ -238,7 +244,7 @@ def test_tda_scale_option_sets_the_logit_scale_of_the_stream():
         assert m.options.scale == scale
         m.scale = scale
         m._new_caches()
-        m.adapt(SimpleNamespace(image_features=lambda: feats, seed=5))
+        m.adapt(_ctx(feats, 5))
         expected = reference_tda(feats.double().numpy(), text.double().numpy(), order, o, scale=scale)
         assert np.allclose(m.online_predictions(), expected, atol=1e-5), scale
 

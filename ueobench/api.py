@@ -37,10 +37,10 @@ def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset:
                device: str = "auto", data_root: str | None = None, results: str = "results",
                score: str = "mcm", rule: str | None = None, precision: str = "auto", eval_batch_size: int = 256,
                cache: bool = True, loader_workers: int | None = None, source: str | None = None,
-               shots: str | None = None) -> SweepSpec:
+               shots: str | None = None, stream: str | None = None) -> SweepSpec:
     """A grid from the CLI's spelling: comma-separated lists or ``all``, seed ranges (``0-2``), and option
     values ``key=a,b`` that become an axis."""
-    from .sweeps.spec import parse_list, parse_seeds, parse_shots
+    from .sweeps.spec import parse_list, parse_seeds, parse_shots, parse_streams
 
     return SweepSpec(
         methods=parse_list(method, list_methods(), "--method"),
@@ -51,7 +51,7 @@ def sweep_spec(method: str, protocol: str = "all", domain: str = "all", dataset:
         results=results, data_root=data_root, device=device, plugins=[str(p) for p in PLUGIN_DIRS], score=score,
         rule=rule or DEFAULT_RULE, precision=precision, eval_batch_size=eval_batch_size, cache=cache,
         loader_workers=loader_workers, sources=parse_list(source, ["all"], "--source") or [None],
-        shots=parse_shots(shots),
+        shots=parse_shots(shots), streams=parse_streams(stream),
     )
 
 

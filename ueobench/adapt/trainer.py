@@ -112,6 +112,12 @@ def fit(spec: TrainSpec, context: Any, step_loss: Callable[[torch.Tensor, torch.
             raise UeobenchError(f"{label}: data='source' needs a labeled-source run (--source)")
         loader = context.source_loader("train", spec.transform, spec.batch_size, shuffle=True,
                                        drop_last=spec.drop_last, indices=spec.indices)
+    elif spec.data == "target" and getattr(context, "stream", None):
+        # a label-shift stream (--stream): every epoch reads the adaptation data in the stream's order
+        if spec.indices is not None:
+            raise UeobenchError(f"{label}: --stream orders the whole adaptation set; this method trains on a subset")
+        loader = context.make_loader(spec.transform, spec.batch_size, shuffle=False, indices=context.stream_order(),
+                                     drop_last=spec.drop_last)
     elif spec.data == "target":
         loader = context.make_loader(spec.transform, spec.batch_size, shuffle=True, indices=spec.indices,
                                      drop_last=spec.drop_last)

@@ -78,21 +78,25 @@ def _method_options(sets: tuple[str, ...], epochs: int | None, batch_size: int |
               "the method trains on; the same as --domain for in-distribution numbers.")
 @click.option("--shots", default=None, type=click.IntRange(min=1),
               help="Labeled-source track: a seeded subsample of N source images per class.")
+@click.option("--stream", default=None, help="Order an online or batched method reads the adaptation data in: "
+              "iid (default), dirichlet:GAMMA[@B], separate, or keff:LO-HI[@B] (StatA's label-shift streams).")
 @_options(IDENTITY)
 @_options(EXECUTION)
 @click.option("--force", is_flag=True, help="Rerun even if an identical finished run exists (a labeled-source "
               "method's trained model is reused: it is content-addressed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole record as JSON.")
 def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: str | None, seed: int,
-        source: str | None, shots: int | None, sets: tuple[str, ...], epochs: int | None, batch_size: int | None,
-        eval_batch_size: int, score: str, rule: str, precision: str, device: str, data_root: str | None,
-        results: str, no_cache: bool, loader_workers: int | None, force: bool, as_json: bool) -> None:
+        source: str | None, shots: int | None, stream: str | None, sets: tuple[str, ...], epochs: int | None,
+        batch_size: int | None, eval_batch_size: int, score: str, rule: str, precision: str, device: str,
+        data_root: str | None, results: str, no_cache: bool, loader_workers: int | None, force: bool,
+        as_json: bool) -> None:
     """Adapt one method on one target domain (or train it on a labeled --source) and record its metrics."""
     options = _method_options(sets, epochs, batch_size, axis=False)
     res = api.run(method=method, protocol=protocol, domain=domain, dataset=dataset, backbone=backbone, seed=seed,
                   options=options, eval_batch_size=eval_batch_size, device=device, data_root=data_root,
                   results=results, score=score, rule=rule, loader_workers=loader_workers, force=force,
-                  cache=not no_cache, precision=precision, source=source, shots=shots)
+                  cache=not no_cache, precision=precision, source=source, shots=shots,
+                  stream=_canonical_stream(stream))
     rec = res.record
     if as_json:
         click.echo(json.dumps(rec.raw, indent=1, sort_keys=True))
@@ -116,6 +120,13 @@ def run(method: str, protocol: str, domain: str, dataset: str | None, backbone: 
         say(f"  {split:<{width}} {parts}   (n={int(m.get('n') or 0)}, unknown={int(m.get('n_unknown') or 0)})")
 
 
+def _canonical_stream(text: str | None) -> str | None:
+    from ..data.streams import parse_stream
+
+    s = parse_stream(text)
+    return None if s is None else s.name
+
+
 GRID = [
     click.option("--protocol", default="all", show_default=True, help="Comma-separated shifts, or all."),
     click.option("--domain", default="all", show_default=True, help="Comma-separated domains, or all (per dataset)."),
@@ -124,16 +135,19 @@ GRID = [
     click.option("--backbone", default=None, help="Comma-separated backbones (default: each dataset's)."),
     click.option("--source", default=None, help="Labeled-source track: comma-separated source domains, or all."),
     click.option("--shots", default=None, help="Labeled-source track: comma-separated images per class, e.g. 1,16."),
+    click.option("--stream", default=None, help="Comma-separated label-shift streams of the online and batched "
+                 "methods: iid, dirichlet:GAMMA[@B], separate, keff:LO-HI[@B]."),
 ]
 
 
-def _spec(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size, eval_batch_size,
-          score, rule, precision, device="auto", data_root=None, results="results", no_cache=False,
+def _spec(method, protocol, domain, dataset, seeds, backbone, source, shots, stream, sets, epochs, batch_size,
+          eval_batch_size, score, rule, precision, device="auto", data_root=None, results="results", no_cache=False,
           loader_workers=None):
     options = _method_options(sets, epochs, batch_size, axis=True)
     return api.sweep_spec(method, protocol, domain, dataset, seeds, backbone, options, device, data_root, results,
                           score=score, rule=rule, precision=precision, eval_batch_size=eval_batch_size,
-                          cache=not no_cache, loader_workers=loader_workers, source=source, shots=shots)
+                          cache=not no_cache, loader_workers=loader_workers, source=source, shots=shots,
+                          stream=stream)
 
 
 @click.command(cls=Command)
@@ -155,7 +169,8 @@ def _spec(method, protocol, domain, dataset, seeds, backbone, source, shots, set
 @click.option("--retry-failed", is_flag=True, help="Rerun runs that failed before.")
 @click.option("--force", is_flag=True, help="Rerun finished runs too.")
 def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, backbone: str | None,
-          source: str | None, shots: str | None, sets: tuple[str, ...], epochs: int | None, batch_size: int | None, eval_batch_size: int, score: str,
+          source: str | None, shots: str | None, stream: str | None, sets: tuple[str, ...], epochs: int | None,
+          batch_size: int | None, eval_batch_size: int, score: str,
           rule: str, precision: str, device: str, data_root: str | None, results: str, no_cache: bool,
           loader_workers: int | None, launcher: str, workers: int, partition: str | None, time_min: int,
           gpus: int | None, array_parallelism: int, sbatch: tuple[str, ...], dry_run: bool, retry_failed: bool,
@@ -167,7 +182,7 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
     from ..sweeps.launchers import SweepInterrupted
     from ..sweeps.spec import SlurmOptions, SweepRequest
 
-    spec = _spec(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size,
+    spec = _spec(method, protocol, domain, dataset, seeds, backbone, source, shots, stream, sets, epochs, batch_size,
                  eval_batch_size, score, rule, precision, device, data_root, results, no_cache, loader_workers)
     slurm = SlurmOptions(partition, time_min, gpus, array_parallelism, parse_sets(sbatch, flag="--sbatch"))
     request = SweepRequest(spec, launcher, workers, retry_failed, force, dry_run, slurm)
@@ -207,12 +222,12 @@ def sweep(method: str, protocol: str, domain: str, dataset: str, seeds: str, bac
 @click.option("--results", default="results", show_default=True, help="Run store.")
 @click.option("--verbose", "-v", is_flag=True, help="List every run that is not done, with why it failed.")
 @click.option("--json", "as_json", is_flag=True, help="Every grid and the state of each run, as JSON.")
-def status(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size,
+def status(method, protocol, domain, dataset, seeds, backbone, source, shots, stream, sets, epochs, batch_size,
            eval_batch_size, score, rule, precision, results, verbose: bool, as_json: bool) -> None:
     """Done, running, failed and pending runs: of one grid (--method ...), or of every sweep saved in a results
     folder (read from the saved plans, without loading any method)."""
-    spec = (_spec(method, protocol, domain, dataset, seeds, backbone, source, shots, sets, epochs, batch_size,
-                  eval_batch_size, score, rule, precision, results=results) if method else None)
+    spec = (_spec(method, protocol, domain, dataset, seeds, backbone, source, shots, stream, sets, epochs,
+                  batch_size, eval_batch_size, score, rule, precision, results=results) if method else None)
     grids = api.status(results, spec)
     if as_json:
         click.echo(json.dumps(grids, indent=1, sort_keys=True))

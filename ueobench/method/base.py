@@ -66,6 +66,11 @@ class AdaptContext:
     progress: Any = None
     #: autocast dtype of the forward pass (None: full fp32); trainable parameters stay fp32 regardless
     amp_dtype: Any = None
+    #: the label-shift stream of this run (``--stream``; None: i.i.d.), and ``stream_order()``: the adaptation
+    #: data's positions in the order a stream-reading method reads them (a seeded ``randperm`` without a stream,
+    #: the order every online method drew before streams existed)
+    stream: str | None = None
+    stream_order: Callable[[], list[int]] | None = None
 
 
 class Method:
@@ -85,6 +90,9 @@ class Method:
     #: "unlabeled-target" (adapts on unlabeled target images, or not at all) or "labeled-source" (trains on a
     #: labeled source domain, never sees target data; needs ``--source``).
     track: ClassVar[str] = "unlabeled-target"
+    #: True when the method reads its adaptation data in ``context.stream_order()`` (online and batched methods),
+    #: so ``--stream`` (StatA's label-shift streams) applies to it
+    streams: ClassVar[bool] = False
     #: labeled-source methods that evaluate another method's trained model (WiSE-FT evaluates fine-tuning's):
     #: that method's name; the artifact is then trained (and identified) exactly as that method trains it
     trains_as: ClassVar[str | None] = None

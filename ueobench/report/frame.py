@@ -128,7 +128,7 @@ def records_frame(results: str | Path, score: str | None = None, rule: str | Non
 
 #: plan fields that are neither an axis nor a seed; a cell never holds runs that differ in one of them
 VARIANT_FIELDS = ("weights", "activation", "precision", "eval_batch_size", "protocol_checksum", "data_checksum",
-                  "source_checksum")
+                  "source_checksum", "stream")
 
 
 def track_of(rec: Any) -> str:

@@ -64,6 +64,8 @@ def caption(t: Table, second: str = "underlined") -> str:
     track = m.get("group", {}).get("track") or variant.get("track")
     if track and track != "unlabeled target":  # the unlabeled-target track is what a table holds unless it says
         parts.insert(1, f"{track} (methods trained on its labeled images, never on target images)")
+    if variant.get("stream") not in (None, "None"):
+        parts.insert(1, f"adaptation stream {variant['stream']} (a label-shift order of the adaptation data)")
     said = [f"{k} {variant[k]}" for k in ("score", "rule") if k in variant]  # what AUROC and H-score mean here
     said += [f"{k.replace('_', ' ')} {variant[k]}" for k in ("precision", "eval_batch_size") if k in m.get("group", {})]
     if m.get("recomputed"):

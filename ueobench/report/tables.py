@@ -171,7 +171,7 @@ def build_tables(req: TableRequest) -> list[Table]:
 
 def _variant_axes(metrics: list[str]) -> list[str]:
     """Settings no axis shows that change the numbers of these metrics: each value gets a table of its own."""
-    out = ["track", "precision", "eval_batch_size"]
+    out = ["track", "stream", "precision", "eval_batch_size"]
     if SCORE_METRICS & set(metrics):
         out.insert(0, "score")
     if RULE_METRICS & set(metrics):

@@ -19,8 +19,9 @@ from typing import Any
 
 from ..core.errors import UeobenchError
 from ..data.dataset import DataResolver, ShiftData, without_images
-from ..data.source_split import SOURCE_VAL_RULE, SourceData
 from ..data.protocols import Protocol
+from ..data.source_split import SOURCE_VAL_RULE, SourceData
+from ..data.streams import parse_stream
 from ..method.registry import MethodResolver, get_method
 from ..models.backbones import BackboneSpec, ResolvedBackbone, resolve_backbone
 from ..scoring.scores import canonical_rule, canonical_score, check_request, rule_needs_source
@@ -72,6 +73,11 @@ class Planner:
         """Resolve names, options and data (no model is loaded, no device is touched)."""
         method_cls = get_method(req.method)
         check_track(method_cls, req)
+        stream = parse_stream(req.stream)
+        if stream is not None and not method_cls.streams:
+            raise UeobenchError(f"method '{method_cls.name}' does not read its adaptation data as a stream; "
+                                f"--stream applies to the online and batched methods "
+                                f"({', '.join(streaming_methods())})")
         check_request(req.score, req.rule, method_cls.name, method_cls.extras)
         if req.precision not in PRECISIONS:
             raise UeobenchError(f"unknown precision '{req.precision}'; use one of {', '.join(PRECISIONS)}")
@@ -105,6 +111,7 @@ class Planner:
             source=None if source is None else source.domain.domain,
             source_checksum=None if source is None else source.checksum, shots=req.shots,
             artifact=None if artifact is None else artifact.artifact_id,
+            stream=None if stream is None else stream.name,
         )
         return PlannedRun(plan, req, method.cls, method.options, proto, sd, backbone.spec, method.code, method.label,
                           method.changed, method.display_label, source, artifact)
@@ -148,6 +155,12 @@ def check_track(method_cls: type, req: RunRequest) -> None:
     if rule_needs_source(req.rule) and track != "labeled-source":
         raise UeobenchError(f"rule '{req.rule}' fits its threshold on source_val, which only labeled-source runs "
                             f"have; use nent:0.5 or kmeans2")
+
+
+def streaming_methods() -> list[str]:
+    from ..method.registry import list_methods
+
+    return [m for m in list_methods() if get_method(m).streams]
 
 
 def plan_run(req: RunRequest, progress: Any = None) -> PlannedRun:

@@ -19,6 +19,8 @@ from ..scoring.scores import DEFAULT_RULE
 PLAN_VERSION = 3
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRACK_FIELDS = ("source", "source_checksum", "shots", "artifact")
+#: optional plan fields left out of the identity when unset, so runs without them keep their ids
+OPTIONAL_FIELDS = TRACK_FIELDS + ("stream",)
 
 
 @dataclass
@@ -49,6 +51,8 @@ class RunRequest:
     #: optional seeded per-class subsample of them
     source: str | None = None
     shots: int | None = None
+    #: the order an online or batched method reads the adaptation data in (``ueobench.data.streams``); None: iid
+    stream: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,10 +83,12 @@ class RunPlan:
     source_checksum: str | None = None
     shots: int | None = None
     artifact: str | None = None
+    #: a label-shift stream (``dirichlet:0.01@128``, ...), canonical; None for the default i.i.d. order
+    stream: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in TRACK_FIELDS:
+        for k in OPTIONAL_FIELDS:
             if d[k] is None:
                 del d[k]
         return d

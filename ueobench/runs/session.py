@@ -16,6 +16,7 @@ from ..core.errors import UeobenchError
 from ..core.progress import NullProgress
 from ..data.dataset import ShiftData
 from ..data.loader import make_loader
+from ..data.streams import parse_stream, stream_order
 from ..method.base import AdaptContext
 from ..models.backbones import load_backbone
 from .evaluation import EvalSplit, Evaluator
@@ -117,6 +118,14 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
         raise UeobenchError(f"method '{method.name}' is a labeled-source method: it trains on the labeled source "
                             f"(context.source_loader) and never reads target images")
 
+    def make_stream_order() -> list[int]:
+        """The positions of the adaptation data in stream order: a seeded randperm (i.i.d.), or the label-shift
+        stream the request names, built by the harness from labels the method never sees."""
+        stream = parse_stream(planned.plan.stream)
+        if stream is None:
+            return torch.randperm(len(sd.adapt), generator=torch.Generator().manual_seed(seed)).tolist()
+        return stream_order([y for _, y in sd.adapt], stream, seed)
+
     holder: dict[str, Evaluator] = {}
     ctx = AdaptContext(
         dataset=planned.protocol.name, shift=sd.split.shift, domain=sd.domain.domain, prompt=planned.protocol.prompt,
@@ -126,6 +135,7 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
         image_features=no_target if labeled else (
             lambda: torch.from_numpy(holder["e"].split_features("target")).to(device)),
         amp_dtype=autocast_dtype(precision), progress=show,
+        stream=planned.plan.stream, stream_order=None if labeled else make_stream_order,
     )
     splits = {
         "test": EvalSplit(sd.test, _cached(store, [e.ref for e in sd.domain.test], sd.test_index), loader),

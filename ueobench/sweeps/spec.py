@@ -44,6 +44,19 @@ def parse_shots(value: str | None) -> list[int | None]:
     return list(dict.fromkeys(out))
 
 
+def parse_streams(value: str | None) -> list[str | None]:
+    """``--stream dirichlet:0.01,separate`` -> canonical stream names; None -> [None] (the i.i.d. order)."""
+    from ..data.streams import parse_stream
+
+    if value is None:
+        return [None]
+    out = []
+    for v in parse_list(value):
+        s = parse_stream(v)
+        out.append(None if s is None else s.name)
+    return list(dict.fromkeys(out)) or [None]
+
+
 def parse_seeds(value: str) -> list[int]:
     """``0-2`` -> [0, 1, 2]; ``0,3,5``; or mixes of both. Seeds are integers in [0, 2**32 - 1], at most
     ``MAX_SEEDS`` of them (as ``run --seed``)."""
@@ -98,10 +111,12 @@ class SweepSpec:
     #: [None] is the unlabeled-target track
     sources: list[str | None] = field(default_factory=lambda: [None])
     shots: list[int | None] = field(default_factory=lambda: [None])
+    #: label-shift streams (``--stream``); [None] is the i.i.d. order
+    streams: list[str | None] = field(default_factory=lambda: [None])
 
     def key(self) -> str:
         d = asdict(self)
-        for k in ("sources", "shots"):  # the unlabeled-target grids keep the keys they had
+        for k in ("sources", "shots", "streams"):  # grids without these axes keep the keys they had
             if d[k] == [None]:
                 del d[k]
         return hashlib.sha256(canonical_json(d).encode()).hexdigest()[:12]
@@ -134,8 +149,8 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
             proto.split(p)
         sources = ([d.name for d in proto.domains] if spec.sources == ["all"]
                    else [None if s is None else proto.domain(s).name for s in spec.sources])
-        grid = product(spec.backbones, spec.methods, sources, spec.shots, shifts, domains, spec.seeds)
-        for backbone, method, source, shots, shift, domain, seed in grid:
+        grid = product(spec.backbones, spec.methods, sources, spec.shots, spec.streams, shifts, domains, spec.seeds)
+        for backbone, method, source, shots, stream, shift, domain, seed in grid:
             keys = [k for k in axes if k in declared[method]]
             for values in product(*(axes[k] for k in keys)):
                 jobs.append(RunRequest(
@@ -143,7 +158,7 @@ def expand(spec: SweepSpec) -> list[RunRequest]:
                     options=dict(zip(keys, values)), eval_batch_size=spec.eval_batch_size, device=spec.device,
                     data_root=spec.data_root, results=spec.results, score=spec.score, rule=spec.rule,
                     precision=spec.precision, cache=spec.cache, loader_workers=spec.loader_workers,
-                    source=source, shots=shots,
+                    source=source, shots=shots, stream=stream,
                 ))
     if not jobs:
         raise UeobenchError("the sweep expands to no runs")
