@@ -15,6 +15,7 @@ import torch
 from ..core.errors import UeobenchError
 from ..core.progress import NullProgress
 from ..data.dataset import ShiftData
+from ..data.decoded import budget_bytes, cached_opener
 from ..data.loader import make_loader
 from ..data.streams import parse_stream, stream_order
 from ..method.base import AdaptContext
@@ -94,8 +95,10 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
     pin = device.type == "cuda"
     seed = planned.plan.seed
 
+    opener = cached_opener(sd.domain.opener, sd.domain.content, workers)  # each image decoded once (exact)
+
     def loader(items, transform, batch_size, shuffle=False, **kw):
-        return make_loader(items, sd.domain.opener, transform, batch_size, shuffle, workers, seed, pin, **kw)
+        return make_loader(items, opener, transform, batch_size, shuffle, workers, seed, pin, **kw)
 
     def make_adapt_loader(transform=None, batch_size: int = 64, shuffle: bool = True, indices=None, drop_last=False):
         return loader(sd.adapt, transform or backbone.preprocess, batch_size, shuffle, hide_labels=True,
@@ -104,7 +107,7 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
     method = planned.method_cls(planned.options)
     show = None if isinstance(progress, NullProgress) else progress
     cache = feature_cache_dir() if req.cache else None
-    store = FeatureStore(backbone, sd.domain.opener, backbone.preprocess, planned.plan.eval_batch_size, device,
+    store = FeatureStore(backbone, opener, backbone.preprocess, planned.plan.eval_batch_size, device,
                          sd.domain.content, cache, show)
     src = planned.source_data
     labeled = planned.method_cls.track == "labeled-source"
@@ -142,12 +145,14 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
         "target": EvalSplit(sd.adapt, _cached(store, [e.ref for e in sd.domain.adapt], sd.adapt_index), loader),
     }
     if src is not None:
+        src_opener = opener if src.domain is sd.domain else cached_opener(src.domain.opener, src.domain.content,
+                                                                          workers)
         src_store = store if src.domain is sd.domain else FeatureStore(
-            backbone, src.domain.opener, backbone.preprocess, planned.plan.eval_batch_size, device,
+            backbone, src_opener, backbone.preprocess, planned.plan.eval_batch_size, device,
             src.domain.content, cache, show)
 
         def src_loader(items, transform, batch_size, shuffle=False, **kw):
-            return make_loader(items, src.domain.opener, transform, batch_size, shuffle, workers, seed, pin, **kw)
+            return make_loader(items, src_opener, transform, batch_size, shuffle, workers, seed, pin, **kw)
 
         parts = {"train": src.train, "val": src.val}
 
@@ -177,7 +182,8 @@ def start(planned: PlannedRun, progress: Any = None) -> Session:
                           planned.plan.score, planned.plan.rule, progress)
     holder["e"] = evaluator
     settings = {**device_settings, "precision_requested": planned.plan.precision, "precision": precision,
-                "loader_workers": workers, "pin_memory": pin, "trainable_dtype": "fp32"}
+                "loader_workers": workers, "pin_memory": pin, "trainable_dtype": "fp32",
+                "decode_cache_bytes": budget_bytes(workers)}
     return Session(planned, device, backbone, method, ctx, evaluator, groups, store, settings)
 
 
