@@ -166,9 +166,12 @@ class Protocol:
             comp = parse_ad_hoc(shift)
         else:
             names = list(self.splits) + list(self.compositions)
-            raise UeobenchError(f"unknown protocol '{shift}' for dataset '{self.name}'{suggest(shift, names)} "
-                                f"(it has {', '.join(names)}; ood:DATASET/DOMAIN@RATIO mixes in another "
-                                f"dataset's images)")
+            import difflib
+
+            close = difflib.get_close_matches(shift, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UeobenchError(f"unknown protocol '{shift}' for dataset '{self.name}'{hint} (it has "
+                                f"{', '.join(names)}; ood:DATASET/DOMAIN@RATIO mixes in another dataset's images)")
         return resolve_composition(self, comp)
 
     def split(self, shift: str) -> Split:
@@ -226,7 +229,10 @@ def resolve_composition(proto: Protocol, comp: Composition) -> Composition:
     own = {c.strip().lower() for c in proto.classes}
     parts = []
     for p in comp.parts:
-        other = load_protocol(p.dataset)
+        try:
+            other = load_protocol(p.dataset)
+        except UeobenchError as e:
+            raise UeobenchError(f"protocol '{comp.name}': {e}") from None
         if other.name == proto.name:
             raise UeobenchError(f"protocol '{comp.name}': the OOD images must come from another dataset than "
                                 f"'{proto.name}'; its own unknown classes are the oda/opda shifts")
