@@ -122,3 +122,19 @@ def test_a_composition_runs_is_recorded_and_tabled_apart_from_the_plain_shift(cl
     assert [c.strip() for c in header.strip("|").split("|")] == ["method", "ood-shapes", "opda", "avg"]
     shown = cli("show", "protocol", "shapes65", "ood-shapes")
     assert shown.exit_code == 0 and "shapes/real x0.045: octagon, trapezoid, lightning" in shown.output
+
+
+def test_per_class_draws_that_many_of_each_ood_class_for_both_splits(tmp_path):
+    text = _proto_text({"ood": [{"dataset": "shapes", "domain": "real", "classes": ["octagon", "lightning"],
+                                 "per_class": 5}]})
+    f = tmp_path / "shapes65-pc.json"
+    f.write_text(text.replace('"name": "shapes65"', '"name": "shapes65-pc"'))
+    proto = load_protocol(str(f))
+    comp = proto.composition("mine")
+    assert comp.describe()["ood"][0]["per_class"] == 5 and "ratio" not in comp.describe()["ood"][0]
+    r = DataResolver().resolve(proto, "product", "mine", None)
+    test_ood = [ref for ref, y in r.shift.test if y >= 65]
+    adapt_ood = [ref for ref, y in r.shift.adapt if y >= 65]
+    assert len(test_ood) == 10 and test_ood == adapt_ood
+    with pytest.raises(UeobenchError, match=r"per_class: expected a positive number of images per OOD class, without"):
+        parse_protocol(_proto_text({"ood": [{"dataset": "shapes", "per_class": 5, "ratio": 0.1}]}), "x.json")

@@ -155,10 +155,35 @@ def test_mcm_style_composition_on_generated_imagenet_and_textures(root, cli):
 def test_data_check_reports_a_missing_file_of_a_split_file(root, cli):
     base = root / "oxford_pets"
     _png(base / "images" / "Abyssinian_1.jpg")
-    split = {"train": [["Abyssinian_1.jpg", 0, "abyssinian"]], "test": [["gone.jpg", 1, "american_bulldog"]]}
+    split = {"train": [["Abyssinian_1.jpg", 0, "abyssinian"]], "val": [], "test": [["gone.jpg", 1, "american_bulldog"]]}
     base.mkdir(parents=True, exist_ok=True)
     (base / "split_zhou_OxfordPets.json").write_text(json.dumps(split))
     r = cli("data", "check", "--dataset", "oxford-pets", "--protocol", "csda", "--json")
     assert r.exit_code == 1, r.output  # missing files fail the check
     [rep] = json.loads(r.output)
     assert rep["missing"] and rep["missing"][0].endswith("gone.jpg")
+
+
+def test_crofts_setup_two_on_generated_pacs_and_dtd(root, cli):
+    """PACS against DTD as CRoFT draws it: DTD's train + val + test pooled, at most 100 images per class."""
+    for i, c in enumerate(("dog", "house")):
+        for k in range(3):
+            _png(root / "PACS" / "photo" / c / f"{k}.jpg", (60 * i, 20 * k, 90))
+    dtd = load_protocol("dtd")
+    split = {role: [] for role in ("train", "val", "test")}
+    for c in ("banded", "zigzagged"):
+        for k in range(4):
+            _png(root / "dtd" / "images" / c / f"{c}_{k}.jpg", (200, 30 * k, 10))
+            split[("train", "val", "test", "test")[k]].append([f"{c}/{c}_{k}.jpg", dtd.classes.index(c), c])
+    (root / "dtd" / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
+    assert len(load_domain(dtd, "dtd").adapt) == 4  # CoOp's train + val: the unlabeled adaptation data
+    pacs = load_protocol("pacs")
+    r = DataResolver().resolve(pacs, "photo", "ood-dtd", None)
+    assert len([y for _, y in r.shift.test if y >= 7]) == 8  # every image of both classes (fewer than 100 each)
+    run = cli("run", "--method", "zeroshot", "--dataset", "pacs", "--protocol", "ood-dtd", "--domain", "photo",
+              "--backbone", TINY)
+    assert run.exit_code == 0, run.output
+    assert "(n=14, unknown=8)" in run.output
+    comp = pacs.composition("ood-caltech101")
+    assert len(comp.parts[0].classes) == 92 and "dog" not in comp.parts[0].classes  # CRoFT's whitelist, as it matches
+    assert len(load_protocol("vlcs").composition("ood-caltech101").parts[0].classes) == 84

@@ -108,9 +108,11 @@ def show_protocol(dataset: str, shift: str, as_json: bool) -> None:
         click.echo("  " + (", ".join(names) if names else "(none)"))
     comp = roles.get("composition")
     if comp:
-        say("", f"composition on {comp['base']} (draw seed {comp['seed']}): OOD images per ID image, each split")
+        say("", f"composition on {comp['base']} (draw seed {comp['seed']}): OOD parts, as OOD images per ID image "
+                f"(xR, each split) or per OOD class (N each)")
         for part in comp["ood"]:
-            click.echo(f"  {part['dataset']}/{part['domain']} x{part['ratio']:g}: {', '.join(part['classes'])}")
+            size = f"{part['per_class']} each" if part.get("per_class") else f"x{part['ratio']:g}"
+            click.echo(f"  {part['dataset']}/{part['domain']} {size}: {', '.join(part['classes'])}")
 
 
 @show.command("run")

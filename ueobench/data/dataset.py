@@ -209,6 +209,16 @@ def compose(protocol: Protocol, comp: Composition, data: DomainData, checksum: s
         wanted = {other.classes.index(c) for c in part.classes or ()}
         record: dict[str, Any] = {"dataset": part.dataset, "domain": part.domain, "checksum": ood_sum}
         union = list({e.ref: e for e in dd.adapt + dd.test}.values())
+        if part.per_class:  # N of each OOD class from all of the domain's images, one draw for both splits
+            picked = []
+            for c in sorted(wanted):
+                idx = [i for i, e in enumerate(union) if e.label == c]
+                picked += sorted(rng.permutation(idx)[:part.per_class].tolist()) if idx else []
+            extra["test"] += [Entry(union[i].ref, protocol.num_classes + j) for i in picked]
+            extra["adapt"] += [Entry(union[i].ref, protocol.num_classes + j) for i in picked]
+            record["test"] = record["adapt"] = picked
+            drawn.append(record)
+            continue
         for role in (("test",) if shared else ("adapt", "test")):
             pool = [e for e in (union if shared else getattr(dd, role)) if e.label in wanted]
             need = int(round(part.ratio * n_id[role]))

@@ -91,6 +91,9 @@ class OODPart:
     domain: str
     classes: tuple[str, ...] | None  # None: every class of the OOD dataset not named like an ID class
     ratio: float  # OOD images per ID image, in each split
+    #: instead of a ratio: this many images of each OOD class (all of a class that has fewer), one draw from all
+    #: of the OOD domain's images serving both splits (CRoFT's ``generate_fewshot_dataset(ood, 100)``)
+    per_class: int | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ class Composition:
         """What the record and ``show protocol`` say about it (part of the data's identity)."""
         return {"name": self.name, "base": self.base, "seed": self.seed, "notes": self.notes,
                 "ood": [{"dataset": p.dataset, "domain": p.domain, "classes": list(p.classes) if p.classes else None,
-                         "ratio": p.ratio} for p in self.parts]}
+                         **({"per_class": p.per_class} if p.per_class else {"ratio": p.ratio})}
+                        for p in self.parts]}
 
 
 AD_HOC = "ood:"
@@ -252,7 +256,7 @@ def resolve_composition(proto: Protocol, comp: Composition) -> Composition:
         if not classes:
             raise UeobenchError(f"protocol '{comp.name}': every class of '{other.name}' is also a class of "
                                 f"'{proto.name}'; nothing is out of distribution")
-        parts.append(OODPart(other.name, domain, classes, p.ratio))
+        parts.append(OODPart(other.name, domain, classes, p.ratio, p.per_class))
     return Composition(comp.name, comp.base, tuple(parts), comp.seed, comp.notes)
 
 
@@ -429,8 +433,12 @@ def _parse_compositions(raw: dict, splits: dict[str, Split], path: str) -> dict[
             ratio = _field(rp, "ratio", (int, float), wp, 1.0)
             if isinstance(ratio, bool) or not 0 < ratio < 1e6:
                 raise ProtocolError(f"{wp}.ratio: expected a positive number of OOD images per ID image")
+            per_class = _field(rp, "per_class", int, wp, None)
+            if per_class is not None and ("ratio" in rp or isinstance(per_class, bool) or per_class < 1):
+                raise ProtocolError(f"{wp}.per_class: expected a positive number of images per OOD class, without "
+                                    f"'ratio'")
             parts.append(OODPart(_field(rp, "dataset", str, wp), _field(rp, "domain", str, wp, ""),
-                                 tuple(classes) if classes else None, float(ratio)))
+                                 tuple(classes) if classes else None, float(ratio), per_class))
         out[name] = Composition(name, base, tuple(parts), seed, _field(rc, "notes", str, w, ""))
     return out
 

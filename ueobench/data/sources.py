@@ -193,13 +193,16 @@ def read_split_json(path: Path, key: str, images: Path, classes: Sequence[str]) 
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"cannot read split file {path} ({e})") from None
-    if not isinstance(doc, dict) or key not in doc or not isinstance(doc[key], list):
-        have = ", ".join(doc) if isinstance(doc, dict) else type(doc).__name__
-        raise DataError(f"{path}: no split '{key}' (it has {have})")
+    keys = key.split("+")  # "train+val": the splits one after the other
+    for k in keys:
+        if not isinstance(doc, dict) or k not in doc or not isinstance(doc[k], list):
+            have = ", ".join(doc) if isinstance(doc, dict) else type(doc).__name__
+            raise DataError(f"{path}: no split '{k}' (it has {have})")
+    items = [(k, n, item) for k in keys for n, item in enumerate(doc[k])]
     inside = _Resolver(images)
     names = [normalise_name(c) for c in classes]
     out: list[Entry] = []
-    for n, item in enumerate(doc[key]):
+    for key, n, item in items:
         if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
                 and isinstance(item[1], int) and isinstance(item[2], str)):
             raise DataError(f"{path}: {key}[{n}]: expected [path, label, classname], got {item!r:.80}")
