@@ -44,3 +44,25 @@ def test_a_run_is_bit_identical_with_and_without_the_cache(cli, tmp_path, monkey
     ra, rb = (json.loads((d / "record.json").read_text()) for d in runs)
     assert ra["history"] == rb["history"] and ra["metrics"] == rb["metrics"]
     assert (ra["settings"]["decode_cache_bytes"], rb["settings"]["decode_cache_bytes"]) == (0, 1024 * 2**20)
+
+
+def test_to_tensor_and_normalize_once_per_batch_give_the_same_bits():
+    import torch
+    from torchvision import transforms as T
+
+    from ueobench.data.loader import per_batch
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((37, 41, 3)) * 255).astype(np.uint8)) for _ in range(6)]
+    norm = T.Normalize((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    for transform in (T.Compose([T.RandomResizedCrop(32, scale=(0.5, 1.0)), T.RandomHorizontalFlip(),
+                                 T.Lambda(lambda im: im.convert("RGB")), T.ToTensor(), norm]),
+                      T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor(), norm])):
+        image, collate = per_batch(transform)
+        assert collate is not None
+        torch.manual_seed(3)
+        expected = torch.stack([transform(im) for im in images])
+        torch.manual_seed(3)  # the same random draws, in the same order
+        got = collate([(image(im), i) for i, im in enumerate(images)])[0]
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    assert per_batch(T.Compose([T.ToTensor()]))[1] is None  # nothing to split: unchanged

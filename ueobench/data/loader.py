@@ -3,8 +3,43 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
+
+
+def per_batch(transform) -> tuple[Callable, Callable | None]:
+    """Split ``Compose([..., ToTensor, Normalize])`` so the last two run once per batch: the per-image part returns
+    uint8 tensors, and the collate function stacks them, then divides by 255 and normalises the whole batch. The
+    same float32 element-wise operations in the same order, so every pixel is bit-identical to the per-image
+    transform (tests/test_decoded.py); other transforms are returned unchanged with no collate function."""
+    from torchvision import transforms as T
+
+    steps = getattr(transform, "transforms", None)
+    if not isinstance(transform, T.Compose) or not steps or len(steps) < 2:
+        return transform, None
+    *head, to_tensor, norm = steps
+    if not (isinstance(to_tensor, T.ToTensor) and type(norm) is T.Normalize and not norm.inplace):
+        return transform, None
+    dtype = torch.get_default_dtype()
+    mean = torch.as_tensor(norm.mean, dtype=dtype).view(-1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=dtype).view(-1, 1, 1)
+    head_t = T.Compose(head)
+
+    def image(im):
+        im = head_t(im)
+        if isinstance(im, Image.Image) and im.mode == "RGB":
+            return torch.from_numpy(np.array(im, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+        return transform.transforms[-1](to_tensor(im))  # anything else: the per-image path, already float
+
+    def collate(batch):
+        out = torch.utils.data.default_collate(batch)
+        x = out[0]
+        if x.dtype == torch.uint8:
+            out[0] = x.to(dtype=dtype).div(255).sub_(mean).div_(std)
+        return out
+
+    return image, collate
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -43,9 +78,11 @@ def make_loader(
 ) -> torch.utils.data.DataLoader:
     gen = torch.Generator()
     gen.manual_seed(seed)
+    image, collate = per_batch(transform)
     return torch.utils.data.DataLoader(
-        ImageDataset(items, opener, transform, hide_labels, indices),
+        ImageDataset(items, opener, image, hide_labels, indices),
         batch_size=batch_size,
+        collate_fn=collate,
         shuffle=shuffle,
         drop_last=drop_last,
         num_workers=workers,

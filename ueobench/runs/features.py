@@ -27,7 +27,7 @@ from ..core.errors import UeobenchError
 from ..core.content import content_hashes
 from ..core.hashing import canonical_json
 from ..core.paths import cache_root
-from ..data.loader import ImageDataset
+from ..data.loader import ImageDataset, per_batch
 from ..models.clip_ops import encode_images, encode_images_raw, encode_local
 
 FEATURE_VERSION = 2
@@ -146,8 +146,9 @@ class FeatureStore:
         items = [(r, -1) for r in refs]
         # its own generator: iterating a loader draws from the global RNG otherwise, and a cache hit (no loader)
         # must leave the random stream of the rest of the run exactly as a miss does
-        loader = torch.utils.data.DataLoader(ImageDataset(items, self.opener, self.transform), batch_size=self.batch_size,
-                                             generator=torch.Generator())
+        image, collate = per_batch(self.transform)  # ToTensor + Normalize once per batch (bit-identical)
+        loader = torch.utils.data.DataLoader(ImageDataset(items, self.opener, image), batch_size=self.batch_size,
+                                             generator=torch.Generator(), collate_fn=collate)
         what = {"global": "encoding images", "raw": "encoding images (raw)"}.get(kind, "encoding local features")
         task = self.progress.add_task(what, total=len(items)) if self.progress is not None else None
         out = []
