@@ -59,6 +59,7 @@ class UPL(Method):
         super().setup(backbone, class_names, context)
         self.learners = [PromptLearner(backbone, class_names, self.options.n_ctx, init=None)
                          for _ in range(self.options.ensemble)]
+        self._text_cache: dict[int, tuple[int, torch.Tensor]] = {}  # new learners: nothing cached is theirs
 
     def trainable_parameters(self):
         return {f"prompt{i}": [pl.ctx] for i, pl in enumerate(self.learners)}
@@ -99,8 +100,18 @@ class UPL(Method):
         return history
 
     @torch.no_grad()
+    def _text(self, i: int) -> torch.Tensor:
+        """Prompt i's class features, computed once per state of its context (evaluation runs over many batches;
+        the prompt pass is deterministic, so the cached features are the ones a fresh pass gives, bit for bit)."""
+        cache = self._text_cache
+        version = self.learners[i].ctx._version
+        if i not in cache or cache[i][0] != version:
+            cache[i] = (version, self.learners[i]())
+        return cache[i][1]
+
+    @torch.no_grad()
     def predict_features(self, features):
-        return torch.stack([features @ pl().T for pl in self.learners]).mean(0)
+        return torch.stack([features @ self._text(i).T for i in range(len(self.learners))]).mean(0)
 
     @torch.no_grad()
     def predict(self, images):
