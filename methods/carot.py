@@ -51,7 +51,6 @@ orthogonality line raises a TypeError there (it multiplies by the module), this 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,32 +66,10 @@ from ueobench import (
     register_method,
 )
 from ueobench.adapt import TrainSpec, fit
+from ueobench.methods.ft import OPENAI_IMAGENET_TEMPLATES, TEMPLATE_SETS, steps_of, warmup_cosine
+from ueobench.methods.ft import resolve_schedule as ft_schedule
 from ueobench.models import check_prompt_lengths, class_display_name
 
-#: ``src/templates/openai_imagenet_template.py`` (the reference's training captions and evaluation head)
-OPENAI_IMAGENET_TEMPLATES = (
-    'a bad photo of a {}.', 'a photo of many {}.', 'a sculpture of a {}.', 'a photo of the hard to see {}.',
-    'a low resolution photo of the {}.', 'a rendering of a {}.', 'graffiti of a {}.', 'a bad photo of the {}.',
-    'a cropped photo of the {}.', 'a tattoo of a {}.', 'the embroidered {}.', 'a photo of a hard to see {}.',
-    'a bright photo of a {}.', 'a photo of a clean {}.', 'a photo of a dirty {}.', 'a dark photo of the {}.',
-    'a drawing of a {}.', 'a photo of my {}.', 'the plastic {}.', 'a photo of the cool {}.',
-    'a close-up photo of a {}.', 'a black and white photo of the {}.', 'a painting of the {}.',
-    'a painting of a {}.', 'a pixelated photo of the {}.', 'a sculpture of the {}.', 'a bright photo of the {}.',
-    'a cropped photo of a {}.', 'a plastic {}.', 'a photo of the dirty {}.', 'a jpeg corrupted photo of a {}.',
-    'a blurry photo of the {}.', 'a photo of the {}.', 'a good photo of the {}.', 'a rendering of the {}.',
-    'a {} in a video game.', 'a photo of one {}.', 'a doodle of a {}.', 'a close-up photo of the {}.',
-    'a photo of a {}.', 'the origami {}.', 'the {} in a video game.', 'a sketch of a {}.', 'a doodle of the {}.',
-    'a origami {}.', 'a low resolution photo of a {}.', 'the toy {}.', 'a rendition of the {}.',
-    'a photo of the clean {}.', 'a photo of a large {}.', 'a rendition of a {}.', 'a photo of a nice {}.',
-    'a photo of a weird {}.', 'a blurry photo of a {}.', 'a cartoon {}.', 'art of a {}.', 'a sketch of the {}.',
-    'a embroidered {}.', 'a pixelated photo of a {}.', 'itap of the {}.', 'a jpeg corrupted photo of the {}.',
-    'a good photo of a {}.', 'a plushie {}.', 'a photo of the nice {}.', 'a photo of the small {}.',
-    'a photo of the weird {}.', 'the cartoon {}.', 'art of the {}.', 'a drawing of the {}.',
-    'a photo of the large {}.', 'a black and white photo of a {}.', 'the plushie {}.', 'a dark photo of a {}.',
-    'itap of a {}.', 'graffiti of the {}.', 'a toy {}.', 'itap of my {}.', 'a photo of a cool {}.',
-    'a photo of a small {}.', 'a tattoo of the {}.',
-)
-TEMPLATE_SETS = ("dataset", "openai_imagenet")
 #: the reference's ImageNet schedule: 500 warm-up steps and an EMA update every 500 steps out of ~25,000
 REFERENCE_FRACTION = 500 / 25_000
 
@@ -133,13 +110,6 @@ def self_distillation(lpi, lpt, lpi_t, lpt_t, log_softmax: bool = False) -> torc
 # --------------------------------------------------------------------------------------- schedule and EMA
 
 
-def warmup_cosine(step: int, total: int, warmup: int, min_lr_ratio: float = 0.0) -> float:
-    """``cosine_lr`` (src/models/utils.py:19-34) as a multiplier of the base lr, set before the step."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) + min_lr_ratio
-
-
 def ema_momentum(step: int, total: int, ramp: float, start: float, end: float) -> float:
     """The teacher momentum (carot_loss.py:221-227): a linear ramp over the first ``ramp``·T steps, then ``end``."""
     if step < total * ramp:
@@ -159,28 +129,15 @@ def ema_update_(teacher: torch.nn.Module, student: torch.nn.Module, m: float) ->
         k.data.mul_(m).add_((1 - m) * q.detach().data)
 
 
-def _steps(fraction: float, total: int) -> int:
-    return 0 if fraction == 0 else max(1, math.floor(fraction * total + 0.5))
-
-
 def resolve_schedule(n_train: int, batch_size: int, epochs: int, warmup_frac: float, warmup_steps: int | None,
                      ema_every_frac: float | None = None, ema_every: int | None = None,
                      ema_ramp: float | None = None) -> dict[str, Any]:
-    """The step counts a run uses: the batch capped to the source, ⌈N/batch⌉ steps per epoch, the warm-up and
-    the EMA cadence as fractions of the total (or the absolute counts when given)."""
-    if n_train < 1:
-        raise UeobenchError("no labeled source images to train on")
-    batch = min(batch_size, n_train)
-    per_epoch = math.ceil(n_train / batch)
-    total = epochs * per_epoch
-    out: dict[str, Any] = {
-        "n_train": n_train, "batch_size": batch, "batch_size_requested": batch_size,
-        "batch_capped": batch < batch_size, "steps_per_epoch": per_epoch, "total_steps": total,
-        "warmup_steps": warmup_steps if warmup_steps is not None else _steps(warmup_frac, total),
-        "warmup_from": "warmup_steps" if warmup_steps is not None else f"warmup_frac={warmup_frac:g}",
-    }
+    """FT's step counts (the batch capped to the source, ⌈N/batch⌉ steps per epoch, the warm-up as a fraction of
+    the total unless given in steps), plus the EMA cadence, also a fraction of the total unless given."""
+    out = ft_schedule(n_train, batch_size, epochs, warmup_frac, warmup_steps)
     if ema_every_frac is not None:
-        every = ema_every if ema_every is not None else _steps(ema_every_frac, total)
+        total = out["total_steps"]
+        every = ema_every if ema_every is not None else steps_of(ema_every_frac, total)
         updates = [t for t in range(total) if ema_due(t, total, every)]
         out.update({"ema_every": every,
                     "ema_every_from": "ema_every" if ema_every is not None else f"ema_every_frac={ema_every_frac:g}",

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from ueobench import AdaptContext, Method, Options, UeobenchError, option, register_method
 from ueobench.adapt import TrainSpec, fit
-from ueobench.models import check_prompt_lengths, class_display_name
+from ueobench.models import check_prompt_lengths, class_display_name, openai_imagenet_templates
 
 #: ft.sh on ImageNet: 500 warm-up steps of 10 epochs × ⌈1,281,167 / 512⌉ = 25,030 steps
 REFERENCE_WARMUP_FRACTION = 500 / 25_030
@@ -58,29 +58,9 @@ REFERENCE_WARMUP_FRACTION = 500 / 25_030
 #: scaled gradients to norm 1, i.e. the true gradients to norm 1 / 2**16
 REFERENCE_CLIP = 2.0 ** -16
 TEMPLATE_SETS = ("dataset", "openai_imagenet")
-#: ``src/templates/openai_imagenet_template.py``: the 80 templates of the reference's head (ft.sh's --template)
-OPENAI_IMAGENET_TEMPLATES = (
-    'a bad photo of a {}.', 'a photo of many {}.', 'a sculpture of a {}.', 'a photo of the hard to see {}.',
-    'a low resolution photo of the {}.', 'a rendering of a {}.', 'graffiti of a {}.', 'a bad photo of the {}.',
-    'a cropped photo of the {}.', 'a tattoo of a {}.', 'the embroidered {}.', 'a photo of a hard to see {}.',
-    'a bright photo of a {}.', 'a photo of a clean {}.', 'a photo of a dirty {}.', 'a dark photo of the {}.',
-    'a drawing of a {}.', 'a photo of my {}.', 'the plastic {}.', 'a photo of the cool {}.',
-    'a close-up photo of a {}.', 'a black and white photo of the {}.', 'a painting of the {}.',
-    'a painting of a {}.', 'a pixelated photo of the {}.', 'a sculpture of the {}.', 'a bright photo of the {}.',
-    'a cropped photo of a {}.', 'a plastic {}.', 'a photo of the dirty {}.', 'a jpeg corrupted photo of a {}.',
-    'a blurry photo of the {}.', 'a photo of the {}.', 'a good photo of the {}.', 'a rendering of the {}.',
-    'a {} in a video game.', 'a photo of one {}.', 'a doodle of a {}.', 'a close-up photo of the {}.',
-    'a photo of a {}.', 'the origami {}.', 'the {} in a video game.', 'a sketch of a {}.', 'a doodle of the {}.',
-    'a origami {}.', 'a low resolution photo of a {}.', 'the toy {}.', 'a rendition of the {}.',
-    'a photo of the clean {}.', 'a photo of a large {}.', 'a rendition of a {}.', 'a photo of a nice {}.',
-    'a photo of a weird {}.', 'a blurry photo of a {}.', 'a cartoon {}.', 'art of a {}.', 'a sketch of the {}.',
-    'a embroidered {}.', 'a pixelated photo of a {}.', 'itap of the {}.', 'a jpeg corrupted photo of the {}.',
-    'a good photo of a {}.', 'a plushie {}.', 'a photo of the nice {}.', 'a photo of the small {}.',
-    'a photo of the weird {}.', 'the cartoon {}.', 'art of the {}.', 'a drawing of the {}.',
-    'a photo of the large {}.', 'a black and white photo of a {}.', 'the plushie {}.', 'a dark photo of a {}.',
-    'itap of a {}.', 'graffiti of the {}.', 'a toy {}.', 'itap of my {}.', 'a photo of a cool {}.',
-    'a photo of a small {}.', 'a tattoo of the {}.',
-)
+#: ``src/templates/openai_imagenet_template.py``: the 80 templates of the reference's head (ft.sh's --template),
+#: which are CLIP's own ImageNet templates
+OPENAI_IMAGENET_TEMPLATES = openai_imagenet_templates()
 
 
 # ----------------------------------------------------------------------------------- the reference pieces
@@ -100,14 +80,20 @@ def head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     return F.linear(features / features.norm(dim=-1, keepdim=True), weight, bias)
 
 
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """``cosine_lr`` (src/models/utils.py 19-34, min_lr 0) as a multiplier of the base lr, set before step ``step``."""
+def warmup_cosine(step: int, total: int, warmup: int, min_lr_ratio: float = 0.0) -> float:
+    """``cosine_lr`` (src/models/utils.py 19-34) as a multiplier of the base lr, set before step ``step``:
+    a linear warm-up, then a cosine to 0, plus ``min_lr_ratio`` (the reference's min_lr / lr; FT's is 0)."""
     if step < warmup:
         return (step + 1) / warmup
     e, es = step - warmup, total - warmup
     if es <= 0:  # only past the last step (LambdaLR evaluates step == total after the last one)
-        return 0.0
-    return 0.5 * (1 + math.cos(math.pi * e / es))
+        return 0.0 + min_lr_ratio
+    return 0.5 * (1 + math.cos(math.pi * e / es)) + min_lr_ratio
+
+
+def steps_of(fraction: float, total: int) -> int:
+    """A fraction of ``total`` steps: the nearest step, at least 1 when the fraction is positive."""
+    return 0 if fraction == 0 else max(1, int(math.floor(fraction * total + 0.5)))
 
 
 def resolve_schedule(n_train: int, batch_size: int, epochs: int, warmup_frac: float,
@@ -115,14 +101,14 @@ def resolve_schedule(n_train: int, batch_size: int, epochs: int, warmup_frac: fl
     """The batch capped to the source, ⌈N/batch⌉ steps per epoch (the last batch kept), the warm-up as a fraction
     of the total steps (nearest step, at least 1 when the fraction is positive) unless given in steps."""
     if n_train < 1:
-        raise UeobenchError("ft: no labeled source images to train on")
+        raise UeobenchError("no labeled source images to train on")
     batch = min(batch_size, n_train)
     per_epoch = math.ceil(n_train / batch)
     total = epochs * per_epoch
     if warmup_steps is not None:
         warm, origin = warmup_steps, "warmup_steps"
     else:
-        warm = 0 if warmup_frac == 0 else max(1, int(math.floor(warmup_frac * total + 0.5)))
+        warm = steps_of(warmup_frac, total)
         origin = f"warmup_frac={warmup_frac:.6g}"
     return {"n_train": n_train, "batch_size": batch, "batch_size_requested": batch_size,
             "batch_capped": batch < batch_size, "steps_per_epoch": per_epoch, "total_steps": total,

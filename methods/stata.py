@@ -48,67 +48,20 @@ from ueobench import (
     option,
     register_method,
 )
+from ueobench.methods.transclip import (  # the same kNN affinity and diagonal-Gaussian algebra as TransCLIP
+    GMM_TEMPERATURE,  # the reference divides the whole exponent (log-likelihood, Laplacian, log-det) by 50
+    KnnAffinity,
+    diag_loglik,
+    normalize,
+    weighted_sq_dev,
+)
 from ueobench.models import encode_images, encode_texts, prompt_texts
 
-GMM_TEMPERATURE = 50.0  # the reference divides the whole exponent (log-likelihood, Laplacian, log-det) by 50
 COV_CHUNK = 2500  # the reference's chunk of rows in init_cov (its division by N sits inside this loop)
 BETA_EPS = 1e-12  # hard β: n_c / (α + n_c + 1e-12)
-KNN_ROW_CHUNK = 4096  # rows of the N x N cosine matrix held at once (memory only)
-
-
-# ------------------------------------------------------------------------------------------- kNN affinity
-
-class KnnAffinity:
-    """The reference's sparse W: row i holds cos(x_i, x_j) at its ``n_neighbors`` nearest j (first top-k hit
-    dropped as "self"), raw cosines, not symmetrised. ``symmetric_product(z)`` is (W + Wᵀ)·z, computed with
-    gathers and collision-free index writes only, so it is bit-identical from run to run on any device."""
-
-    def __init__(self, x: torch.Tensor, n_neighbors: int):
-        n = x.shape[0]
-        idx, val = [], []
-        for s in range(0, n, KNN_ROW_CHUNK):
-            top = (x[s: s + KNN_ROW_CHUNK] @ x.T).topk(n_neighbors + 1, dim=1, largest=True)
-            idx.append(top.indices[:, 1:])
-            val.append(top.values[:, 1:])
-        self.idx, self.w = torch.cat(idx), torch.cat(val)  # [N, k]
-        # Wᵀ: the edges grouped by target column; "layer" r holds each column's r-th incoming edge (rows in
-        # ascending order), so that within one layer every column occurs at most once.
-        rows = torch.arange(n).repeat_interleave(n_neighbors)
-        cols, vals = self.idx.reshape(-1).cpu(), self.w.reshape(-1).cpu()
-        order = torch.argsort(cols, stable=True)
-        rows, cols, vals = rows[order], cols[order], vals[order]
-        counts = torch.bincount(cols, minlength=n)
-        rank = torch.arange(len(cols)) - (torch.cumsum(counts, 0) - counts)[cols]
-        dev = x.device
-        self.layers = [(cols[rank == r].to(dev), rows[rank == r].to(dev), vals[rank == r].to(dev))
-                       for r in range(int(counts.max()))]
-
-    def symmetric_product(self, z: torch.Tensor) -> torch.Tensor:
-        wt = torch.zeros_like(z)
-        for cols, rows, vals in self.layers:  # Wᵀz
-            wt[cols] += vals[:, None] * z[rows]
-        wz = torch.zeros_like(z)
-        for j in range(self.idx.shape[1]):  # Wz
-            wz += self.w[:, j: j + 1] * z[self.idx[:, j]]
-        return wt + wz
 
 
 # ------------------------------------------------------------------------------------------- the Gaussians
-
-def diag_loglik(x: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
-    """L_ic = −½ Σ_d (x_id − μ_cd)² / Σ_cd for x [N, D], μ and Σ [K, D], as matmuls."""
-    prec = 1.0 / cov
-    quad = (x * x) @ prec.T - 2.0 * x @ (mu * prec).T + (mu * mu * prec).sum(1)[None, :]
-    return -0.5 * quad
-
-
-def weighted_sq_dev(x: torch.Tensor, z: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """S_cd = Σ_i z_ic (x_id − μ_cd)², [K, D], as matmuls."""
-    return z.T @ (x * x) - 2.0 * mu * (z.T @ x) + mu * mu * z.sum(0)[:, None]
-
-
-def normalize(v: torch.Tensor) -> torch.Tensor:
-    return v / v.norm(dim=-1, keepdim=True)
 
 
 def anchor_covariance(x: torch.Tensor, text: torch.Tensor, z: torch.Tensor, chunk_quirk: bool = True) -> torch.Tensor:

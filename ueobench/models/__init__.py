@@ -11,6 +11,7 @@ from typing import Any
 
 _WHERE = {
     "encode_images": "clip_ops", "encode_images_raw": "clip_ops", "encode_texts": "clip_ops", "encode_local": "clip_ops", "prompt_texts": "clip_ops",
+    "openai_imagenet_templates": "clip_ops",
     "class_display_name": "clip_ops", "check_prompt_lengths": "clip_ops", "Backbone": "backbones", "load_backbone": "backbones",
     "norm_parameters": "norms", "batchnorms": "norms", "TextTower": "text_tower",
 }

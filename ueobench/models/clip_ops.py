@@ -12,6 +12,14 @@ def class_display_name(name: str) -> str:
     return name.replace("_", " ")
 
 
+def openai_imagenet_templates() -> tuple[str, ...]:
+    """CLIP's 80 ImageNet prompt templates as ``{}`` format strings, in open_clip's order (the list CaRot's and
+    WiSE-FT's ``openai_imagenet_template.py`` copy)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+
+
 def prompt_texts(template: str, class_names: list[str]) -> list[str]:
     return [template.format(class_display_name(c)) for c in class_names]
 
