@@ -187,3 +187,39 @@ def test_crofts_setup_two_on_generated_pacs_and_dtd(root, cli):
     comp = pacs.composition("ood-caltech101")
     assert len(comp.parts[0].classes) == 92 and "dog" not in comp.parts[0].classes  # CRoFT's whitelist, as it matches
     assert len(load_protocol("vlcs").composition("ood-caltech101").parts[0].classes) == 84
+
+
+def test_crofts_setup_one_draws_its_400_known_classes_per_seed_as_crofts_code_does(root, cli):
+    """Setup I: np.random.seed(S); np.random.choice(names, 400, replace=False), one split per CRoFT seed."""
+    inet = load_protocol("imagenet")
+    first = SOURCES["croft_setup1"]["first_drawn"]
+    splits = {s: inet.split(f"croft1-s{s}") for s in "123"}
+    for s, sp in splits.items():
+        assert len(sp.known) == 400 and len(sp.unknown) == 600 and set(first[s]) <= set(sp.known)
+    assert len({sp.known for sp in splits.values()}) == 3
+    for i in (0, 1):  # tench (class 0) is known at seed 1, goldfish (1) is not
+        for k in range(2):
+            _png(root / "imagenet" / "val" / inet.wnids[i] / f"v{i}_{k}.JPEG", (90 * i, 40 * k, 100))
+    assert (0 in splits["1"].known, 1 in splits["1"].known) == (True, False)
+    run = cli("run", "--method", "zeroshot", "--dataset", "imagenet", "--protocol", "croft1-s1", "--domain", "val",
+              "--seed", "1", "--backbone", TINY)
+    assert run.exit_code == 0, run.output
+    assert "(n=4, unknown=2)" in run.output
+
+
+@pytest.mark.parametrize("shift, match", [
+    ({"croft-x": {"known": {"draw": 0, "seed": 1}, "target": "all"}}, r"shifts.croft-x.known: draw 0 of the 5"),
+    ({"mine": {"known": {"draw": 2}, "target": "all"}}, r"shifts.mine.known: a drawn class set is"),
+    ({"Bad_Name": {"known": "all", "target": "all"}}, r"shifts.Bad_Name: a named shift is lower-case"),
+])
+def test_a_named_shift_or_a_drawn_class_set_that_is_wrong_is_a_one_line_error(tmp_path, shift, match):
+    from ueobench.core.errors import ProtocolError
+    from ueobench.data.protocols import load_protocol_file
+
+    doc = {"format": 1, "name": "mini", "classes": list("abcde"),
+           "domains": [{"name": "d", "folder": "d", "adapt": "a.txt", "test": "t.txt"}],
+           "shifts": {"csda": {"known": "all", "target": "all"}, **shift}}
+    path = tmp_path / "mini.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ProtocolError, match=match):
+        load_protocol_file(path)

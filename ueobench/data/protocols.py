@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,9 @@ from ..core.errors import ProtocolError, UeobenchError
 from ..core.registry import suggest
 
 SHIFTS: tuple[str, ...] = ("cda", "pda", "oda", "opda", "csda")
+#: a protocol file may add shifts of its own beside the standard five (CRoFT's Setup I: ``croft1-s1``..``s3``);
+#: ``all`` never includes them
+NAMED_SHIFT = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 FORMAT_VERSION = 1
 #: the built-in demo world: the CLI's and the API's default dataset, and what a bare ``--domain real`` means
 DEFAULT_DATASET = "shapes"
@@ -272,10 +276,28 @@ def _relative_inside(value: str, where: str) -> None:
         raise ProtocolError(f"{where}: must be a path relative to the data root that stays inside it")
 
 
+def _draw(value: dict, n: int, where: str) -> tuple[int, ...]:
+    """``{"draw": K, "seed": S}``: the K classes that ``numpy.random.seed(S); numpy.random.choice(classes, K,
+    replace=False)`` picks (CRoFT's Setup I split, drawn with numpy's legacy generator right after seeding), sorted.
+    Kept as the rule, not as 400 numbers, so the file says how the split was made."""
+    import numpy as np
+
+    if set(value) != {"draw", "seed"} or not all(isinstance(value[k], int) and not isinstance(value[k], bool)
+                                                 for k in value):
+        raise ProtocolError(f"{where}: a drawn class set is {{\"draw\": K, \"seed\": S}} with integers K and S, got "
+                            f"{value!r}")
+    k, seed = value["draw"], value["seed"]
+    if not 1 <= k <= n or not 0 <= seed < 2**32:
+        raise ProtocolError(f"{where}: draw {k} of the {n} classes with a seed in 0..2**32-1")
+    return tuple(sorted(int(i) for i in np.random.RandomState(seed).choice(n, k, replace=False)))
+
+
 def _expand(value: Any, n: int, where: str) -> tuple[int, ...]:
-    """Expand "all" or a list of inclusive [start, end] ranges into sorted unique class indices."""
+    """Expand "all", a list of inclusive [start, end] ranges, or a seeded draw into sorted unique class indices."""
     if value == "all":
         return tuple(range(n))
+    if isinstance(value, dict):
+        return _draw(value, n, where)
     if not isinstance(value, list) or not value:
         raise ProtocolError(f"{where}: expected \"all\" or a non-empty list of [start, end] ranges, got {value!r}")
     out: list[int] = []
@@ -366,19 +388,18 @@ def parse_protocol(text: str, path: str) -> Protocol:
     if not raw_shifts:
         raise ProtocolError(f"{path}.shifts: define at least one of {', '.join(SHIFTS)}")
     splits: dict[str, Split] = {}
-    for shift in SHIFTS:
+    named = [s for s in raw_shifts if s not in SHIFTS]
+    for shift in [s for s in SHIFTS if s in raw_shifts] + named:  # a dataset defines the shifts it has
         w = f"{path}.shifts.{shift}"
-        if shift not in raw_shifts:
-            continue  # a dataset defines the shifts it has (the cross-dataset suites: csda only)
+        if shift in named and not NAMED_SHIFT.fullmatch(shift):
+            raise ProtocolError(f"{w}: a named shift is lower-case letters, digits and '-' (not 'ood:...'); the "
+                                f"standard ones are {', '.join(SHIFTS)}")
         rs = raw_shifts[shift]
         if not isinstance(rs, dict):
             raise ProtocolError(f"{w}: expected an object with 'known' and 'target'")
         known = _expand(rs.get("known"), n, f"{w}.known")
         target = _expand(rs.get("target"), n, f"{w}.target")
         splits[shift] = Split(shift, known, target, n)
-    extra = sorted(set(raw_shifts) - set(SHIFTS))
-    if extra:
-        raise ProtocolError(f"{path}.shifts: unknown shift(s) {extra}; allowed: {', '.join(SHIFTS)}")
 
     compositions = _parse_compositions(_field(d, "compositions", dict, path, {}), splits, path)
 
