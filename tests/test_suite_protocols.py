@@ -18,10 +18,11 @@ SOURCES = json.loads((Path(__file__).parent / "data" / "suite_sources.json").rea
 FILES = {"imagenet": "imagenet", "imagenet_a": "imagenet-a", "imagenet_r": "imagenet-r", "caltech101": "caltech101",
          "dtd": "dtd", "eurosat": "eurosat", "fgvc_aircraft": "fgvc-aircraft", "food101": "food101",
          "oxford_flowers": "oxford-flowers", "oxford_pets": "oxford-pets", "stanford_cars": "stanford-cars",
-         "sun397": "sun397", "ucf101": "ucf101", "pacs": "pacs", "vlcs": "vlcs"}
+         "sun397": "sun397", "ucf101": "ucf101", "pacs": "pacs", "vlcs": "vlcs", "cifar10": "cifar10",
+         "cifar100": "cifar100"}
 COUNTS = {"imagenet": 1000, "imagenet_a": 200, "imagenet_r": 200, "caltech101": 100, "dtd": 47, "eurosat": 10,
           "fgvc_aircraft": 100, "food101": 101, "oxford_flowers": 102, "oxford_pets": 37, "stanford_cars": 196,
-          "sun397": 397, "ucf101": 101, "pacs": 7, "vlcs": 5}
+          "sun397": 397, "ucf101": 101, "pacs": 7, "vlcs": 5, "cifar10": 10, "cifar100": 100}
 
 
 @pytest.mark.parametrize("key", sorted(FILES))
@@ -223,3 +224,57 @@ def test_a_named_shift_or_a_drawn_class_set_that_is_wrong_is_a_one_line_error(tm
     path.write_text(json.dumps(doc))
     with pytest.raises(ProtocolError, match=match):
         load_protocol_file(path)
+
+
+def _cifar_and_svhn(root: Path, n: int = 40):
+    import pickle
+
+    import numpy as np
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    (root / "CIFAR-10" / "cifar-10-batches-py").mkdir(parents=True)
+    with open(root / "CIFAR-10" / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": [i % 10 for i in range(n)], b"data": data,
+                     b"filenames": [b"x.png"] * n}, f)
+    (root / "SVHN").mkdir()
+    x = rng.integers(0, 256, (32, 32, 3, 60), dtype=np.uint8)
+    savemat(root / "SVHN" / "test_32x32.mat", {"X": x, "y": (np.arange(60) % 10 + 1).reshape(-1, 1)})
+    return data, x
+
+
+def test_cifar_batches_and_svhn_mat_in_their_official_layouts_and_a_composition_from_the_cli(root, cli):
+    import numpy as np
+
+    data, x = _cifar_and_svhn(root)
+    cifar = load_domain(load_protocol("cifar10"), "test")
+    assert [e.label for e in cifar.test] == [i % 10 for i in range(40)] and cifar.adapt == cifar.test
+    img = np.asarray(cifar.opener(cifar.test[3].ref))  # rows are channel-major 32 x 32: HWC after the reshape
+    assert img.shape == (32, 32, 3) and (img == data[3].reshape(3, 32, 32).transpose(1, 2, 0)).all()
+    svhn = load_domain(load_protocol("ood-svhn"), "test")
+    assert len(svhn.test) == 60 and {e.label for e in svhn.test} == {0}  # an OOD set: one unlabeled class
+    assert (np.asarray(svhn.opener(svhn.test[7].ref)) == x[..., 7]).all()
+    for k in range(3):
+        _png(root / "LSUN" / "test" / f"{k}.jpg", (30 * k, 90, 10))
+    r = DataResolver().resolve(load_protocol("cifar10"), "test", "ood-svhn", None)
+    assert len([y for _, y in r.shift.test if y >= 10]) == 40  # ratio 1.0: one SVHN digit per CIFAR image
+    run = cli("run", "--method", "ueo", "--dataset", "cifar10", "--protocol", "ood-svhn", "--domain", "test",
+              "--backbone", TINY, "--set", "epochs=1")
+    assert run.exit_code == 0, run.output
+    assert "(n=80, unknown=40)" in run.output
+    assert cli("run", "--method", "zeroshot", "--dataset", "cifar10", "--protocol", "ood:ood-lsun@0.05",
+               "--domain", "test", "--backbone", TINY).exit_code == 0
+
+
+def test_a_cifar_batch_that_would_run_code_when_unpickled_is_refused(root):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (root / "CIFAR-10" / "cifar-10-batches-py").mkdir(parents=True)
+    (root / "CIFAR-10" / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": Boom()}))
+    with pytest.raises(UeobenchError, match=r"refusing builtins.print: a CIFAR batch holds only arrays"):
+        load_domain(load_protocol("cifar10"), "test")

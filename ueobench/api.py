@@ -231,7 +231,7 @@ def check_data(dataset: str, domain: str | None = None, protocol: str = "opda", 
     from .core.errors import DataError
     from .core.progress import make_progress
     from .data.check import check_domain
-    from .data.dataset import load_domain
+    from .data.dataset import DataResolver, load_domain
     from .data.settings import load
 
     settings = load()
@@ -240,8 +240,9 @@ def check_data(dataset: str, domain: str | None = None, protocol: str = "opda", 
     reports = []
     with make_progress() as progress:
         for d in domains:  # every domain is reported: a missing one never hides the others
-            try:
-                dd = load_domain(proto, d, data_root, progress, settings)
+            try:  # a composition is checked with its OOD images mixed in, as a run would read them
+                dd = (load_domain(proto, d, data_root, progress, settings) if proto.composition(protocol) is None
+                      else DataResolver(progress, settings).resolve(proto, d, protocol, data_root).domain)
             except DataError as e:
                 reports.append({"dataset": proto.name, "domain": d, "shift": protocol, "source": None,
                                 "location": None, "splits": {}, "missing": [], "unreadable": [], "error": str(e)})

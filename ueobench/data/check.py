@@ -1,6 +1,7 @@
 """``ueobench data check``: per split and role counts, and every missing or unreadable file."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def check_domain(protocol: Protocol, shift: str, data: DomainData, verify: bool 
             if e.ref in checked:
                 continue
             checked.add(e.ref)
-            if isinstance(e.ref, str) and data.source in ("list", "folder", "builtin"):
+            if isinstance(e.ref, str) and os.path.isabs(e.ref):  # a file (array rows and dataset rows are not)
                 if not Path(e.ref).is_file():
                     missing.append(e.ref)
                     continue

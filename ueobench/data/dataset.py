@@ -28,6 +28,8 @@ from . import worlds
 from .protocols import DEFAULT_DATASET, Composition, Protocol, Split, list_datasets, load_protocol
 from .settings import Settings
 from .source_split import SourceData, split_source
+from .arrays import FORMATS as ARRAY_FORMATS
+from .arrays import ArrayImages, read_array_file
 from .sources import (
     DomainData,
     Entry,
@@ -122,6 +124,8 @@ def load_domain(protocol: Protocol, domain: str, data_root: str | None = None, p
         return _hf_domain(protocol, dom, cfg, str(root / dom.folder), skipped)
     if not root.is_dir():
         raise _missing(protocol, f"dataset '{protocol.name}' not found: {root} does not exist")
+    if dom.adapt.rpartition(":")[2] in ARRAY_FORMATS:  # CIFAR's pickled batches, SVHN's .mat
+        return _array_domain(protocol, dom, root, skipped)
     if ".json:" in dom.adapt or dom.adapt.endswith(":names"):  # a CoOp split file, or id + class-name lists
         return _split_file_domain(protocol, dom, root, skipped)
     adapt_list, test_list, folder = root / dom.adapt, root / dom.test, root / dom.folder
@@ -147,6 +151,39 @@ def load_domain(protocol: Protocol, domain: str, data_root: str | None = None, p
         f"dataset '{protocol.name}' domain '{dom.name}': no data under {root} "
         f"(looked for image list {adapt_list.name} and folder {dom.folder}/)",
     )
+
+
+def _array_domain(protocol: Protocol, dom: Any, root: Path, skipped: dict) -> DomainData:
+    """A domain whose images are rows of array files (``FILE:cifar``, ``FILE:svhn``): refs are
+    ``DATASET:FILE#ROW``, the content fingerprint the SHA-256 of each file. A one-class protocol (an OOD set)
+    labels every row 0."""
+    import numpy as np
+
+    files: dict[str, tuple[str, str]] = {}
+    opener = ArrayImages(files, fallback=open_image)
+    lists: dict[str, list[Entry]] = {}
+    digests = []
+    n = protocol.num_classes
+    for role in ("adapt", "test"):
+        rel, _, fmt = getattr(dom, role).rpartition(":")
+        path = root / rel
+        if not path.is_file():
+            raise _missing(protocol, f"dataset '{protocol.name}' domain '{dom.name}': array file {path} not found")
+        prefix = f"{protocol.name}:{rel}"
+        if prefix not in files:
+            images, labels = read_array_file(path, fmt)
+            files[prefix] = (str(path), fmt)
+            opener.preload(prefix, images)
+            digests.append(f"{rel}=sha256:{content_hashes().sha256(path)}")
+            if n == 1:
+                labels = np.zeros_like(labels)
+            elif len(labels) and (labels.min() < 0 or labels.max() >= n):
+                raise DataError(f"{path}: labels {labels.min()}..{labels.max()} are outside the {n} classes of "
+                                f"'{protocol.name}'")
+            lists[prefix] = [Entry(f"{prefix}#{i}", int(y)) for i, y in enumerate(labels)]
+        lists[role] = lists[prefix]
+    return DomainData(protocol.name, dom.name, "array", str(root / dom.adapt.rpartition(":")[0]), lists["adapt"],
+                      lists["test"], opener, skipped, ",".join(digests))
 
 
 def _split_file_domain(protocol: Protocol, dom: Any, root: Path, skipped: dict) -> DomainData:
@@ -235,8 +272,13 @@ def compose(protocol: Protocol, comp: Composition, data: DomainData, checksum: s
     content = dict(data.content)
     for dd, _ in ood:
         content.update(dd.content)
+    opener = data.opener
+    for dd, _ in ood:  # array sources open their own rows; every file path goes to open_image
+        if isinstance(dd.opener, ArrayImages):
+            opener = opener.merged(dd.opener) if isinstance(opener, ArrayImages) else ArrayImages(
+                dd.opener.files, opener).merged(dd.opener)
     merged = DomainData(data.dataset, data.domain, data.source, data.location, data.adapt + extra["adapt"],
-                        data.test + extra["test"], data.opener, dict(data.skipped), None, content)
+                        data.test + extra["test"], opener, dict(data.skipped), None, content)
     import json
 
     ident = {"id": checksum, "composition": comp.describe(), "drawn": drawn}
