@@ -44,6 +44,7 @@ class TPT(Method):
         o = self.options
         self.prompt = PromptLearner(backbone, class_names, o.n_ctx, o.ctx_init or None)
         self._initial = self.prompt.ctx.detach().clone()
+        self._text0 = None
         self.amp_dtype = context.amp_dtype
 
     def trainable_parameters(self):
@@ -56,6 +57,13 @@ class TPT(Method):
 
     def eval_batching(self):
         return 1, False  # one image (64 views) at a time, as the reference
+
+    def _reset_text(self) -> torch.Tensor:
+        """The class features of the reset prompt, with their graph: the same for every image (the prompt is reset
+        before each), so computed once and back-propagated through again, which gives the same gradients."""
+        if self._text0 is None:
+            self._text0 = self.prompt()
+        return self._text0
 
     def _reset_prompt(self) -> None:
         with torch.no_grad():
@@ -73,9 +81,10 @@ class TPT(Method):
         dtype = self.amp_dtype
         selected = None
         with torch.enable_grad():
-            for _ in range(o.steps):
+            for step in range(o.steps):
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    logits = (scale * feats @ self.prompt().T).float()
+                    text = self._reset_text() if step == 0 else self.prompt()
+                    logits = (scale * feats @ text.T).float()
                 if selected is None:  # chosen at the first step and reused, as in the reference
                     p = logits.detach().softmax(1)
                     selected = (-(p * p.clamp_min(1e-12).log()).sum(1)).argsort()[:keep]
@@ -83,7 +92,7 @@ class TPT(Method):
                 avg = torch.logsumexp(logp, dim=0) - math.log(keep)
                 loss = -(avg.exp() * avg).sum()
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward(retain_graph=step == 0)  # the reset prompt's text graph serves every image
                 optimizer.step()
         with torch.no_grad():
             return feats[0] @ self.prompt().T

@@ -49,3 +49,70 @@ def test_bf16_on_cpu_trains_with_fp32_parameters(cli):
     assert r.exit_code == 0, r.output
     rec = json.loads(r.output)
     assert rec["config"]["precision"] == "bf16" and rec["settings"]["trainable_dtype"] == "fp32"
+
+
+def _views_one_by_one(tv, image):
+    """TPT's views as the reference builds them: each view drawn, augmented and normalised on its own."""
+    import numpy as np
+
+    from ueobench.adapt.augmix import OPERATIONS
+
+    def view():
+        crop = tv.crop(image)
+        plain = tv.normalise(crop)
+        if not tv.augmix:
+            return plain
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+        weights = rng.dirichlet([1.0, 1.0, 1.0]).astype(np.float32)
+        blend = np.float32(rng.beta(1.0, 1.0))
+        mixed = torch.zeros_like(plain)
+        for w in weights:
+            chain = crop.copy()
+            for _ in range(int(rng.integers(1, 4))):
+                chain = OPERATIONS[int(rng.integers(len(OPERATIONS)))](chain, tv.severity, rng)
+            mixed += float(w) * tv.normalise(chain)
+        return float(blend) * plain + (1.0 - float(blend)) * mixed
+
+    return torch.stack([tv.eval_transform(image)] + [view() for _ in range(tv.views - 1)])
+
+
+@pytest.mark.parametrize("augmix", [True, False])
+def test_tpt_views_normalised_together_are_the_bits_of_views_made_one_by_one(augmix):
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from ueobench.adapt import TPTViews
+
+    mean, std = (0.48, 0.45, 0.40), (0.26, 0.26, 0.27)
+    ev = T.Compose([T.Resize(40), T.CenterCrop(40), T.ToTensor(), T.Normalize(mean, std)])
+    tv = TPTViews(ev, 40, mean, std, views=37, augmix=augmix)  # more than one chunk of plain crops
+    for k in range(3):
+        image = Image.fromarray(np.random.default_rng(k).integers(0, 256, (53, 47, 3), dtype=np.uint8))
+        torch.manual_seed(k)
+        ours, state = tv(image), torch.get_rng_state()
+        torch.manual_seed(k)
+        ref = _views_one_by_one(tv, image)
+        assert torch.equal(ours, ref) and torch.equal(state, torch.get_rng_state())
+
+
+def test_tpt_back_propagates_through_the_reset_prompts_text_once_with_the_same_result(cli):
+    """The reset prompt's text graph is built once and reused for every image: the same logits as rebuilding it."""
+    import numpy as np
+
+    from ueobench.method.registry import get_method
+
+    outs = []
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        backbone = load_backbone(TINY)
+        cls = get_method("tpt")
+        m = cls(cls.Options(views=4))
+        from types import SimpleNamespace
+
+        m.setup(backbone, NAMES, SimpleNamespace(amp_dtype=None, seed=0))
+        if not reuse:
+            m._reset_text = m.prompt  # rebuild the text graph at every image, as the reference does
+        images = torch.randn(3, 4, 3, backbone.image_size, backbone.image_size)
+        outs.append(m.predict(images).detach().numpy())
+    assert np.array_equal(outs[0], outs[1])
