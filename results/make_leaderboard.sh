@@ -25,10 +25,13 @@ METHODS=zeroshot,gda,tda,transclip,stata,dpe,zero,adand,tent,unient,cliptta,ent,
 if [ "$RUN" = 1 ]; then
   # zero-shot and GDA draw nothing at random: one seed is every seed
   ueobench sweep --method zeroshot,gda --seed 0 "${common[@]}"
-  # seed 0 of every other method first (cheapest first), then the other seeds: UEO, IM and entropy minimisation
-  # first, the methods whose paper claims the README checks and whose seed noise it has to state
-  ueobench sweep --method tda,transclip,stata,dpe,adand,tent,unient,cliptta,ent,im,ueo,zero,tpt,pouf,upl --seed 0 "${common[@]}"
-  ueobench sweep --method ueo,im,ent,tda,transclip,stata,dpe,adand,tent,unient,cliptta,zero,tpt,pouf,upl --seed "$S" "${common[@]}"
+  # every seed of UEO, IM and entropy minimisation first (the paper claims the README checks, with their seed
+  # noise), then the cheap methods, then the ones that cost minutes a run (64 views per image, POUF, UPL): an
+  # interrupted regeneration leaves whole rows rather than one seed of everything
+  ueobench sweep --method ueo,im,ent --seed "$S" "${common[@]}"
+  ueobench sweep --method tda,transclip,stata,adand,tent,unient,cliptta --seed "$S" "${common[@]}"
+  ueobench sweep --method dpe,zero,tpt,pouf,upl --seed 0 "${common[@]}"
+  ueobench sweep --method dpe,zero,tpt,pouf,upl --seed "$S" "${common[@]}"
 fi
 ueobench export --results "$R" --format csv --output results/shapes65_runs.csv
 tab() { ueobench table --results "$R" --dataset shapes65 --method "$METHODS" "$@"; }
