@@ -56,12 +56,15 @@ tab() { ueobench table --results "$R" --dataset shapes65 --method "$METHODS" "$@
   echo
   echo "Training time per model (seconds on this 2-core CPU, mean over the seeds; the evaluations are extra):"
   echo
-  python3 - "$R" <<'PY'
-import json, sys
+  python3 - "$R" results/shapes65_track_runs.csv <<'PY'
+import csv, json, sys
 from collections import defaultdict
 from pathlib import Path
+used = {r["artifact"] for r in csv.DictReader(open(sys.argv[2])) if r.get("artifact")}  # the current code's models
 t = defaultdict(list)
 for f in sorted(Path(sys.argv[1], "artifacts").glob("*/artifact.json")):
+    if f.parent.name not in used:
+        continue
     a = json.loads(f.read_text())
     t[a["plan"]["method"]].append(a["train_s"])
 print("| method | models | train s |")
