@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the built-in leaderboard, results/shapes65_leaderboard.md, and the per-run metrics beside it,
-# results/shapes65_runs.csv: every method at its reference recipe, unchanged (no option set), on every shift and
+# Regenerates the built-in leaderboard, results/shapes65_leaderboard.md, the per-run metrics beside it,
+# results/shapes65_runs.csv, and its page results/shapes65_site/index.html: every method at its reference recipe, unchanged (no option set), on every shift and
 # domain of shapes65, with the shipped tiny-shapes65:builtin, on the CPU. Resumable: rerun it after an interrupt and
 # finished runs are skipped. Run from the repository root:
 #
@@ -88,4 +88,7 @@ PY
   echo
   tab --metric acc,auroc,hscore --protocol ood-shapes
 } > results/shapes65_leaderboard.md
-echo "wrote results/shapes65_leaderboard.md and results/shapes65_runs.csv"
+rm -rf results/shapes65_site
+ueobench site --results "$R" --output results/shapes65_site \
+  --title "ueobench: the built-in leaderboard, shapes65 (unlabeled target)"
+echo "wrote results/shapes65_leaderboard.md, results/shapes65_runs.csv and results/shapes65_site/"
