@@ -79,7 +79,7 @@ def _doc():
     [
         (lambda d: d.pop("classes"), "missing field 'classes'"),
         (lambda d: d["shifts"].clear(), "shifts: define at least one"),
-        (lambda d: d["shifts"].update(xda={"known": "all", "target": "all"}), "shifts: unknown shift(s) ['xda']"),
+        (lambda d: d["shifts"].update(XDA={"known": "all", "target": "all"}), "shifts.XDA: a named shift is lower-case"),
         (lambda d: d["domains"][0].update(class_folders="wnid"), "domains[0].class_folders: expected one of"),
         (lambda d: d["domains"][0].update(class_folders="wnids"), "wnids: a domain names its class folders"),
         (lambda d: d["domains"][0].update(label_base=2), "domains[0].label_base: expected 0 or 1"),
@@ -90,7 +90,7 @@ def _doc():
         (lambda d: d.update(classes=["a", "a"]), "classes: duplicate"),
         (lambda d: d.update(prompt="a photo"), ".prompt"),
         (lambda d: d.update(format=99), ".format"),
-        (lambda d: d["shifts"].update(xda={"known": "all", "target": "all"}), "unknown shift"),
+        (lambda d: d["shifts"].update(**{"ood:x": {"known": "all", "target": "all"}}), "a named shift is lower-case"),
     ],
 )
 def test_malformed_protocol_names_file_and_field(tmp_path, mutate, field):
