@@ -81,11 +81,14 @@ class UPL(Method):
         o = self.options
         chosen, pred = self.pseudo_labels(context)
         self.num_pseudo = len(chosen)
+        self.stream_seeds = [self.stream_seed(context.seed, 0), self.stream_seed(context.seed, o.ensemble - 1)]
         pred = pred.to(context.device)
         scale = self.backbone.model.logit_scale.exp().detach()
         history = []
         for i, learner in enumerate(self.learners):
-            torch.manual_seed(context.seed + i)
+            # prompt i of seed s draws its augmentations from stream s * ensemble + i: the streams of different
+            # run seeds never overlap (with s + i, seeds 0 and 1 would share 15 of 16 streams and look less noisy)
+            torch.manual_seed(self.stream_seed(context.seed, i))
 
             def step_loss(images, idx, learner=learner):
                 logits = scale * encode_images(self.backbone, images) @ learner().T
@@ -98,6 +101,9 @@ class UPL(Method):
                              transform=random_resized_crop(self.backbone, (0.08, 1.0)), eval_every=o.eval_every)
             history += [{**h, "prompt": i} for h in fit(spec, context, step_loss, label=f"upl prompt {i + 1}/{o.ensemble}")]
         return history
+
+    def stream_seed(self, seed: int, i: int) -> int:
+        return seed * self.options.ensemble + i
 
     @torch.no_grad()
     def _text(self, i: int) -> torch.Tensor:
@@ -118,4 +124,5 @@ class UPL(Method):
         return self.predict_features(encode_images(self.backbone, images))
 
     def info(self):
-        return {"ensemble": self.options.ensemble, "pseudo_labelled": getattr(self, "num_pseudo", None)}
+        return {"ensemble": self.options.ensemble, "pseudo_labelled": getattr(self, "num_pseudo", None),
+                "prompt_stream_seeds": getattr(self, "stream_seeds", None)}

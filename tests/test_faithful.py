@@ -19,8 +19,9 @@ from ueobench.method.registry import get_method
 RN = "tiny-rn:random"
 
 
-def session(method: str, options: dict, backbone: str = TINY, protocol: str = "opda", domain: str = "clipart"):
-    req = RunRequest(method=method, protocol=protocol, domain=domain, backbone=backbone, options=options)
+def session(method: str, options: dict, backbone: str = TINY, protocol: str = "opda", domain: str = "clipart",
+            seed: int = 0):
+    req = RunRequest(method=method, protocol=protocol, domain=domain, backbone=backbone, options=options, seed=seed)
     return start(plan_run(req))
 
 
@@ -170,6 +171,27 @@ def test_upl_trains_with_per_epoch_lr_drop_last_and_sixteen_prompts():
     lrs = [h["lr"]["prompt"] for h in history if h["prompt"] == 0]
     assert lrs[0] == pytest.approx(1e-5) and lrs[1] == pytest.approx(0.002)
     assert lrs[2] == pytest.approx(0.002 * 0.5 * (1 + math.cos(math.pi / 3)))
+
+
+def test_upl_prompt_streams_of_different_run_seeds_never_overlap(monkeypatch):
+    """Prompt i's augmentation stream is seeded per run seed without overlap: with seed + i, run seeds 0 and 1 would
+    share 15 of their 16 streams, and the leaderboard's seed noise of UPL would be understated."""
+    import ueobench.methods.upl as upl_mod
+
+    seeded: dict[int, list[int]] = {}
+    for run_seed in (0, 1, 2):
+        s = session("upl", {"epochs": "1", "warmup_epochs": "0", "shots": "2", "ensemble": "3"}, seed=run_seed)
+        calls: list[int] = []
+        real = torch.manual_seed
+        monkeypatch.setattr(upl_mod.torch, "manual_seed", lambda x: (calls.append(int(x)), real(x))[1])
+        monkeypatch.setattr(upl_mod, "fit", lambda spec, *a, **k: [])
+        s.method.adapt(s.context)
+        monkeypatch.undo()
+        seeded[run_seed] = calls
+        assert s.method.info()["prompt_stream_seeds"] == [calls[0], calls[-1]]
+    assert all(len(set(v)) == 3 for v in seeded.values())
+    assert not set(seeded[0]) & set(seeded[1]) and not set(seeded[1]) & set(seeded[2]) and not set(seeded[0]) & set(seeded[2])
+    assert seeded[0] == [0, 1, 2]  # seed 0 keeps the streams it always had
 
 
 # ----------------------------------------------------------------------------------------------------- TPT
