@@ -12,14 +12,17 @@ from PIL import Image
 
 TINY = "tiny-vit:random"
 
+# Set before any test module is collected: huggingface_hub reads these once, when first imported, and a module
+# that imports it at collection time would otherwise leave it online (a download then waits on its timeouts).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     os.environ["UEOBENCH_CACHE"] = str(cache)
     os.environ["UEOBENCH_NO_PROGRESS"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ.pop("UEOBENCH_DATA", None)
     yield
 
